@@ -1,0 +1,30 @@
+"""sqla-redis-cache: a Redis-backed query cache for SQLAlchemy 2.x that is correct by default.
+
+::
+
+    from sqla_redis_cache import QueryCache, cached
+
+    cache = QueryCache.from_url("redis://localhost:6379/0", namespace="myapp")
+    cache.attach(SessionLocal)
+    session.scalars(select(User).where(User.org_id == 1).options(cached())).all()
+
+See the documentation in ``docs/`` for the guarantees and how they are kept.
+"""
+
+from ._cache import QueryCache
+from ._config import CacheConfig, ConfigurationError, RegionConfig
+from ._options import CacheDirective, cached
+from ._stats import CacheStats
+from ._store import RedisIO
+
+__all__ = [
+    "CacheConfig",
+    "CacheDirective",
+    "CacheStats",
+    "ConfigurationError",
+    "QueryCache",
+    "RedisIO",
+    "RegionConfig",
+    "cached",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""Which tables a statement reads, and which tables a write touches.
+
+Both questions are answered from the *compiled* statement that is about to run on a cursor, never
+from the ORM statement the user wrote: by then eager joins, inheritance joins and loader
+statements are all in the SQL, so each entry depends on exactly the tables its own SQL reads.
+Results are memoised per compiled object (SQLAlchemy's compiled cache reuses them), so the hot
+path pays a dictionary lookup.
+
+Statements whose dependencies cannot be known (``text()`` fragments, ``FOR UPDATE``) are reported
+as uncacheable; the caller runs them against the database.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import TableClause, TextualSelect
+
+_LOCKING = re.compile(r"\bFOR\s+(NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    tables: frozenset[str]
+    #: None when cacheable, else why not
+    reason: str | None = None
+
+
+_read_memo: weakref.WeakKeyDictionary[Any, dict[Any, ReadPlan]] = weakref.WeakKeyDictionary()
+_write_memo: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def table_name(table: TableClause, translate: Mapping[str | None, str | None] | None) -> str:
+    schema = table.schema
+    if translate and schema in translate:
+        schema = translate[schema]
+    return f"{schema}.{table.name}" if schema else table.name
+
+
+def _translate_map(context: Any) -> Mapping[str | None, str | None] | None:
+    value: Mapping[str | None, str | None] | None = context.execution_options.get(
+        "schema_translate_map"
+    )
+    return value
+
+
+def read_plan(context: Any) -> ReadPlan:
+    """Tables read by the SELECT about to run in ``context`` (an execution context)."""
+    compiled = context.compiled
+    if compiled is None:
+        return ReadPlan(frozenset(), "not a compiled statement")
+    translate = _translate_map(context)
+    memo_key = tuple(sorted(translate.items(), key=repr)) if translate else None
+    per_compiled = _read_memo.get(compiled)
+    if per_compiled is not None:
+        plan = per_compiled.get(memo_key)
+        if plan is not None:
+            return plan
+    else:
+        per_compiled = _read_memo.setdefault(compiled, {})
+    plan = _analyse_read(compiled, context, translate)
+    per_compiled[memo_key] = plan
+    return plan
+
+
+def _analyse_read(
+    compiled: Any, context: Any, translate: Mapping[str | None, str | None] | None
+) -> ReadPlan:
+    if context.isinsert or context.isupdate or context.isdelete or context.isddl:
+        return ReadPlan(frozenset(), "not a SELECT")
+    if _LOCKING.search(compiled.string):
+        return ReadPlan(frozenset(), "locking read (FOR UPDATE / FOR SHARE)")
+    roots = [compiled.statement]
+    compile_state = getattr(compiled, "compile_state", None)
+    final = getattr(compile_state, "statement", None)
+    if final is not None and final is not compiled.statement:
+        roots.append(final)
+    tables: set[str] = set()
+    has_text = False
+    for root in roots:
+        for element in visitors.iterate(root):
+            if isinstance(element, TableClause):
+                tables.add(table_name(element, translate))
+            elif isinstance(element, TextClause | TextualSelect):
+                has_text = True
+    if has_text:
+        return ReadPlan(frozenset(tables), "text() fragment: dependencies unknown")
+    if not tables:
+        return ReadPlan(frozenset(), "reads no table")
+    return ReadPlan(frozenset(tables))
+
+
+def written_tables(context: Any) -> frozenset[str] | None:
+    """Tables written by the DML that just ran, or None when they cannot be known."""
+    compiled = context.compiled
+    if compiled is None:
+        return None
+    memo = _write_memo.get(compiled)
+    translate = _translate_map(context)
+    if memo is not None and not translate:
+        return memo
+    statement = compiled.statement
+    table = getattr(statement, "table", None)
+    if not isinstance(table, TableClause):
+        return None
+    result = frozenset({table_name(table, translate)})
+    if not translate:
+        _write_memo[compiled] = result
+    return result

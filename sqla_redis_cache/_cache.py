@@ -1,0 +1,249 @@
+"""QueryCache: the facade that owns configuration, store and statistics, and attaches wiring.
+
+A :class:`QueryCache` is cheap to keep for the life of the process and safe to share between
+threads.  ``attach()`` installs event listeners on sessions and engines; it never patches
+SQLAlchemy.  Everything it writes to Redis lives under ``<namespace>:``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from dogpile.cache.region import CacheRegion
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import _generic
+from ._backend import make_dogpile_region
+from ._codec import EntryCodec
+from ._config import CacheConfig
+from ._execution import ALL_TABLES, EngineHooks
+from ._keys import KeyBuilder
+from ._options import _clean
+from ._reader import Reader
+from ._session import SessionHooks
+from ._stats import CacheStats, StatsRecorder
+from ._store import FAILED, RedisIO, Store, SyncIO, make_sync_client
+from ._versions import Versions
+
+T = TypeVar("T")
+
+
+class Core:
+    """The internals shared by the wiring modules (not public API)."""
+
+    def __init__(self, config: CacheConfig, io: RedisIO | None = None) -> None:
+        self.config = config
+        self.option_key = f"sqla_redis_cache:{config.namespace}:{id(self):x}"
+        self.keys = KeyBuilder(config.namespace)
+        self.stats = StatsRecorder()
+        if io is None:
+            io = SyncIO(make_sync_client(config), cluster=config.cluster)
+        self.store = Store(io, config, self.stats)
+        self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
+        self.codec = EntryCodec(config.secret, config.compress_threshold, config.max_entry_bytes)
+        self.reader = Reader(self.store, self.versions, self.codec)
+        self.engine_hooks = EngineHooks(self)
+        self.session_hooks = SessionHooks(self)
+        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def ensure_engine(self, engine: Engine) -> bool:
+        """Install engine hooks if missing; True if they were just installed."""
+        if engine in self._engines:
+            return False
+        with self._lock:
+            if engine in self._engines:
+                return False
+            self.engine_hooks.install(engine)
+            self._engines.add(engine)
+            return True
+
+    def release_engines(self) -> None:
+        with self._lock:
+            for engine in list(self._engines):
+                self.engine_hooks.uninstall(engine)
+            self._engines = weakref.WeakSet()
+
+    def invalidate_written(self, tables: Iterable[str]) -> bool:
+        tables = set(tables)
+        if ALL_TABLES in tables:
+            return self.versions.bump([self.keys.all_key])
+        return self.versions.bump(self.keys.table(t) for t in tables)
+
+
+def _engines_of(target: Any) -> list[Engine]:
+    binds: list[Any] = []
+    if isinstance(target, sessionmaker):
+        binds.append(target.kw.get("bind"))
+        binds.extend((target.kw.get("binds") or {}).values())
+    elif isinstance(target, Session):
+        binds.append(target.bind)
+    engines = []
+    for bind in binds:
+        bind = getattr(bind, "sync_engine", bind)
+        engine = getattr(bind, "engine", None)
+        if isinstance(engine, Engine):
+            engines.append(engine)
+    return engines
+
+
+class QueryCache:
+    """A Redis-backed cache for SQLAlchemy query results and arbitrary values.
+
+    Build it with :meth:`from_url` or :meth:`from_env`, then :meth:`attach` it to a
+    sessionmaker, a Session subclass, a Session or an Engine.
+    """
+
+    def __init__(self, config: CacheConfig | None = None, *, io: RedisIO | None = None) -> None:
+        self.config = config or CacheConfig()
+        self._core = Core(self.config, io)
+        self._attached: list[Any] = []
+        self._regions: dict[str, CacheRegion] = {}
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "sqlacache", **settings: Any) -> QueryCache:
+        """``settings`` are :class:`CacheConfig` fields, e.g. ``regions={"db_query": 60}``."""
+        return cls(CacheConfig.from_url(url, namespace=namespace, **settings))
+
+    @classmethod
+    def from_env(
+        cls, *, namespace: str = "sqlacache", environ: Any = None, **settings: Any
+    ) -> QueryCache:
+        """Read ``REDIS_URL`` (else ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``/``TLS_ENABLED``)."""
+        return cls(CacheConfig.from_env(environ, namespace=namespace, **settings))
+
+    # wiring --------------------------------------------------------------------------------
+
+    def attach(self, target: Any) -> QueryCache:
+        """Cache ``cached()`` statements run through ``target`` and invalidate on its commits."""
+        core = self._core
+        target = getattr(target, "sync_engine", target)
+        if isinstance(target, Engine):
+            core.ensure_engine(target)
+        elif isinstance(target, sessionmaker | Session) or (
+            isinstance(target, type) and issubclass(target, Session)
+        ):
+            core.session_hooks.install(target)
+            for engine in _engines_of(target):
+                core.ensure_engine(engine)
+        else:
+            raise TypeError(
+                "attach() takes a sessionmaker, a Session subclass, a Session or an Engine, "
+                f"not {type(target).__qualname__}"
+            )
+        if target not in self._attached:
+            self._attached.append(target)
+        return self
+
+    def detach(self, target: Any) -> None:
+        """Undo :meth:`attach` for ``target``."""
+        target = getattr(target, "sync_engine", target)
+        if isinstance(target, Engine):
+            self._core.engine_hooks.uninstall(target)
+            self._core._engines.discard(target)
+        else:
+            self._core.session_hooks.uninstall(target)
+        if target in self._attached:
+            self._attached.remove(target)
+
+    def close(self) -> None:
+        """Detach everything and close the Redis connections."""
+        for target in list(self._attached):
+            self.detach(target)
+        self._core.release_engines()
+        self._core.store.io.close()
+
+    # invalidation --------------------------------------------------------------------------
+
+    def invalidate_tables(self, *tables: str) -> bool:
+        """Every cached result that read one of ``tables`` misses from now on, everywhere."""
+        names = _clean("tables", tables)
+        return self._core.versions.bump(self._core.keys.table(t) for t in names)
+
+    def invalidate_tags(self, *tags: str) -> bool:
+        names = _clean("tags", tags)
+        return self._core.versions.bump(self._core.keys.tag(t) for t in names)
+
+    def clear(self) -> int:
+        """Invalidate everything under the namespace at once, then reclaim its keys.
+
+        Returns the number of keys deleted (-1 if Redis was unavailable).
+        """
+        core = self._core
+        if not core.versions.bump([core.keys.all_key]):
+            return -1
+        from ._keys import escape_glob
+
+        deleted = core.store.call(core.store.io.scan_delete, escape_glob(core.keys.prefix) + "*")
+        return -1 if deleted is FAILED else int(deleted)
+
+    # statistics ----------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        return self._core.stats.snapshot()
+
+    def reset_stats(self) -> None:
+        self._core.stats.reset()
+
+    def ping(self) -> bool:
+        """True when Redis answers (bypasses the circuit breaker)."""
+        try:
+            self._core.store.io.mget([self._core.keys.all_key])
+        except Exception:
+            return False
+        return True
+
+    # the seed guide's generic API ------------------------------------------------------------
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] | str | None = None,
+        compress: bool | None = None,
+        region: str | None = None,
+    ) -> bool:
+        """Store ``value`` (msgpack types, plus pickle with a secret); False if Redis is down."""
+        return _generic.set_value(
+            self._core, key, value, ttl=ttl, tags=tags, compress=compress, region=region
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value, or ``default`` on a miss."""
+        return _generic.get_value(self._core, key, default)
+
+    def get_or_set(
+        self,
+        key: str,
+        creator: Callable[[], T],
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] | str | None = None,
+        compress: bool | None = None,
+        region: str | None = None,
+    ) -> T:
+        return _generic.get_or_set(
+            self._core, key, creator, ttl=ttl, tags=tags, compress=compress, region=region
+        )
+
+    def delete(self, key: str) -> bool:
+        return _generic.delete(self._core, key)
+
+    def delete_pattern(self, pattern: str) -> int:
+        return _generic.delete_pattern(self._core, pattern)
+
+    def region(self, name: str) -> CacheRegion:
+        """The TTL profile ``name`` as a dogpile.cache region backed by this cache's Redis."""
+        region = self._regions.get(name)
+        if region is None:
+            region = self._regions[name] = make_dogpile_region(self._core, name)
+        return region
+
+    def __repr__(self) -> str:
+        return f"<QueryCache namespace={self.config.namespace!r}>"

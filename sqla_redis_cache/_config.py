@@ -1,0 +1,166 @@
+"""Configuration: TTL profiles, timeouts, secrets, and where they come from.
+
+Everything the cache needs to know is collected in one frozen :class:`CacheConfig`, built either
+directly, from a Redis URL (:meth:`CacheConfig.from_url`) or from the environment variables of the
+seed guide (:meth:`CacheConfig.from_env`).  Keeping it immutable means a running cache can never be
+half-reconfigured; build a new :class:`~sqla_redis_cache.QueryCache` instead.
+
+Timeouts default to tens of milliseconds on purpose: a cache is an optimisation, and a dead Redis
+must cost a request milliseconds, not redis-py's default five seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+#: The seed guide's TTL table, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
+DEFAULT_REGIONS: Mapping[str, float] = {
+    "ai_response": 86400,
+    "ai_context": 3600,
+    "db_query": 300,
+    "db_aggregate": 900,
+    "api_response": 120,
+    "session": 86400,
+    "user_profile": 1800,
+    "analytics": 3600,
+    "static_asset": 604800,
+}
+
+DEFAULT_REGION = "db_query"
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class ConfigurationError(ValueError):
+    """Raised at construction time for settings that cannot work."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionConfig:
+    """A TTL profile.
+
+    ``ttl`` is how long an entry lives in Redis.  ``refresh_after``, when set, is a soft TTL:
+    past it one caller rebuilds the entry while the others keep getting the aged value.
+    """
+
+    ttl: float
+    refresh_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ttl <= 0:
+            raise ConfigurationError(f"region ttl must be positive, got {self.ttl!r}")
+        if self.refresh_after is not None and not 0 < self.refresh_after < self.ttl:
+            raise ConfigurationError("refresh_after must be between 0 and ttl")
+
+
+def _default_regions() -> dict[str, RegionConfig]:
+    return {name: RegionConfig(ttl) for name, ttl in DEFAULT_REGIONS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Every setting of a :class:`~sqla_redis_cache.QueryCache`."""
+
+    url: str = "redis://localhost:6379/0"
+    namespace: str = "sqlacache"
+    regions: Mapping[str, RegionConfig] = field(default_factory=_default_regions)
+    default_region: str = DEFAULT_REGION
+    #: connect and socket timeouts for Redis, seconds
+    connect_timeout: float = 0.05
+    socket_timeout: float = 0.05
+    #: values whose encoding exceeds this many bytes are compressed
+    compress_threshold: int = 1024
+    #: entries larger than this (after compression) are not stored
+    max_entry_bytes: int = 16 * 1024 * 1024
+    #: key for signing entries (HMAC); enables pickle for values msgpack cannot encode
+    secret: bytes | None = None
+    #: stampede lock: how long a holder may keep it, and how long others wait for it
+    lock_timeout: float = 30.0
+    lock_wait: float = 10.0
+    #: circuit breaker: consecutive failures before opening, and the cool-down
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 2.0
+    cluster: bool = False
+    #: extra keyword arguments for the redis-py client
+    redis_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE_RE.match(self.namespace):
+            raise ConfigurationError(
+                f"namespace {self.namespace!r} must be 1-64 characters of letters, digits, '_.-'"
+            )
+        if self.default_region not in self.regions:
+            raise ConfigurationError(f"default region {self.default_region!r} is not defined")
+        if self.compress_threshold < 0:
+            raise ConfigurationError("compress_threshold must be >= 0")
+        if self.lock_timeout <= 0 or self.lock_wait < 0:
+            raise ConfigurationError("lock_timeout must be > 0 and lock_wait >= 0")
+
+    def region(self, name: str | None) -> RegionConfig:
+        try:
+            return self.regions[name or self.default_region]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown cache region {name!r}; known: {', '.join(sorted(self.regions))}"
+            ) from None
+
+    @property
+    def longest_ttl(self) -> float:
+        return max(r.ttl for r in self.regions.values())
+
+    def with_regions(self, **ttls: float | RegionConfig) -> CacheConfig:
+        """A copy with some TTL profiles replaced or added."""
+        regions = dict(self.regions)
+        for name, value in ttls.items():
+            regions[name] = value if isinstance(value, RegionConfig) else RegionConfig(value)
+        return replace(self, regions=regions)
+
+    @classmethod
+    def from_url(cls, url: str, **settings: Any) -> CacheConfig:
+        if not re.match(r"^(redis|rediss|unix)://", url):
+            raise ConfigurationError(
+                f"unsupported Redis URL {_redact(url)!r}: expected redis://, rediss:// or unix://"
+            )
+        regions = settings.pop("regions", None)
+        config = cls(url=url, **settings)
+        if regions:
+            config = config.with_regions(**regions)
+        return config
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **settings: Any) -> CacheConfig:
+        """Read the seed guide's variables: ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/
+        ``PASSWORD``/``DB``/``TLS_ENABLED``; ``SQLA_CACHE_SECRET`` for signing."""
+        env = os.environ if environ is None else environ
+        url = env.get("REDIS_URL") or _url_from_parts(env)
+        if "secret" not in settings and env.get("SQLA_CACHE_SECRET"):
+            settings["secret"] = env["SQLA_CACHE_SECRET"].encode()
+        return cls.from_url(url, **settings)
+
+
+def _url_from_parts(env: Mapping[str, str]) -> str:
+    scheme = "rediss" if _truthy(env.get("REDIS_TLS_ENABLED")) else "redis"
+    host = env.get("REDIS_HOST", "localhost")
+    port = env.get("REDIS_PORT", "6379")
+    db = env.get("REDIS_DB", "0")
+    if not port.isdigit() or not db.isdigit():
+        raise ConfigurationError("REDIS_PORT and REDIS_DB must be integers")
+    user = env.get("REDIS_USERNAME", "")
+    password = env.get("REDIS_PASSWORD")
+    auth = ""
+    if password:
+        from urllib.parse import quote
+
+        auth = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    return f"{scheme}://{auth}{host}:{port}/{db}"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)

@@ -1,0 +1,201 @@
+"""Engine-level wiring: where cached reads are served and writes are seen.
+
+Reads
+    A statement opted in with ``cached()`` carries a :class:`~._options.CacheDirective` in its
+    execution options.  The ``do_execute`` dialect event sees it at the last moment before the
+    cursor runs: after the session's autoflush, with the final SQL string and DBAPI parameters.
+    A hit swaps the execution context's cursor for a :class:`~._cursor.CachedCursor` over the
+    cached raw rows and tells SQLAlchemy the statement ran; SQLAlchemy then builds the result
+    exactly as from the database.  A miss runs the real cursor, stores its rows, and serves
+    them the same way.
+
+Writes
+    ``after_cursor_execute`` records the table of every INSERT/UPDATE/DELETE (ORM flush, ORM
+    bulk DML, Core DML) in the DBAPI connection's ``info``.  Reads of those tables on that
+    connection bypass the cache until the transaction ends, so a transaction sees its own
+    writes and nothing uncommitted is stored.  The connection's ``commit`` event hands the set
+    over to whoever invalidates after the commit (the session wiring, or the Core wiring).
+
+Snapshot isolation
+    Under REPEATABLE READ / SERIALIZABLE a transaction reads from a snapshot taken at its first
+    statement, possibly older than the version tokens read now; such reads after the first
+    statement bypass the cache rather than store an old snapshot under new tokens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+
+from ._analysis import read_plan, written_tables
+from ._cursor import CachedCursor, decode_result, encode_result
+from ._keys import UnkeyableParameter
+from ._options import CacheDirective
+
+if TYPE_CHECKING:
+    from ._cache import Core
+
+WRITTEN = "sqla_redis_cache.written"
+COMMITTING = "sqla_redis_cache.committing"
+TX_USED = "sqla_redis_cache.tx_used"
+#: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
+ALL_TABLES = "*"
+
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
+
+
+def _snapshot_isolated(conn: Any) -> bool:
+    dialect = conn.dialect
+    if dialect.name == "sqlite":  # pysqlite does not BEGIN before SELECT
+        return False
+    level = (
+        conn.get_execution_options().get("isolation_level")
+        or getattr(dialect, "isolation_level", None)
+        or dialect.default_isolation_level
+    )
+    return level in _SNAPSHOT_LEVELS
+
+
+class EngineHooks:
+    """The listeners one cache installs on each engine it serves."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.option_key = core.option_key
+
+    # reads -----------------------------------------------------------------------------------
+
+    def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        directive: CacheDirective | None = context.execution_options.get(self.option_key)
+        if directive is None:
+            return False
+        return self._serve(cursor, statement, parameters, context, directive)
+
+    def do_execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
+        directive: CacheDirective | None = context.execution_options.get(self.option_key)
+        if directive is None:
+            return False
+        return self._serve(cursor, statement, None, context, directive)
+
+    def _serve(
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        directive: CacheDirective,
+    ) -> bool:
+        core = self.core
+        stats = core.stats
+        plan = read_plan(context)
+        tables = plan.tables
+        if plan.reason is not None and not (directive.tables and plan.reason.startswith("text")):
+            stats.uncacheable += 1
+            return False
+        if directive.tables:
+            tables = tables | frozenset(directive.tables)
+        options = context.execution_options
+        if options.get("stream_results") or options.get("yield_per"):
+            stats.uncacheable += 1
+            return False
+        conn = context.root_connection
+        info = conn.info
+        written = info.get(WRITTEN)
+        if written and (ALL_TABLES in written or not written.isdisjoint(tables)):
+            stats.bypasses += 1
+            return False
+        if info.get(TX_USED) and _snapshot_isolated(conn):
+            stats.bypasses += 1
+            return False
+        keys = core.keys
+        try:
+            key = keys.query(keys.engine_id(conn.engine), statement, parameters)
+        except UnkeyableParameter:
+            stats.uncacheable += 1
+            return False
+        region = core.config.region(directive.region)
+        dialect = context.dialect
+
+        def build() -> tuple[Any, list[Any]]:
+            if parameters is None:
+                dialect.do_execute_no_params(cursor, statement, context)
+            else:
+                dialect.do_execute(cursor, statement, parameters, context)
+            description = cursor.description
+            return description, (cursor.fetchall() if description is not None else [])
+
+        (description, rows), hit = core.reader.read(
+            key,
+            keys.dependencies(tables, directive.tags),
+            build,
+            ttl=directive.ttl or region.ttl,
+            refresh_after=region.refresh_after,
+            encode=encode_result,
+            decode=decode_result,
+        )
+        if description is None:  # not a row-returning statement after all: leave it be
+            return True
+        if hit:
+            cursor.close()
+        context.cursor = CachedCursor(description, rows, getattr(cursor, "connection", None))
+        return True
+
+    # writes ----------------------------------------------------------------------------------
+
+    def after_cursor_execute(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        info = conn.info
+        info[TX_USED] = True
+        if context is None or not (context.isinsert or context.isupdate or context.isdelete):
+            return
+        tables = written_tables(context)
+        written = info.get(WRITTEN)
+        if written is None:
+            written = info[WRITTEN] = set()
+        written.update(tables if tables is not None else (ALL_TABLES,))
+
+    def begin(self, conn: Any) -> None:
+        info = conn.info
+        info.pop(WRITTEN, None)
+        info.pop(TX_USED, None)
+
+    def commit(self, conn: Any) -> None:
+        info = conn.info
+        info.pop(TX_USED, None)
+        written = info.pop(WRITTEN, None)
+        if written:
+            info.setdefault(COMMITTING, set()).update(written)
+
+    def rollback(self, conn: Any) -> None:
+        info = conn.info
+        for key in (WRITTEN, COMMITTING, TX_USED):
+            info.pop(key, None)
+
+    # installation ----------------------------------------------------------------------------
+
+    _EVENTS = (
+        "do_execute",
+        "do_execute_no_params",
+        "after_cursor_execute",
+        "begin",
+        "commit",
+        "rollback",
+    )
+
+    def install(self, engine: Any) -> None:
+        for name in self._EVENTS:
+            if not event.contains(engine, name, getattr(self, name)):
+                event.listen(engine, name, getattr(self, name))
+
+    def uninstall(self, engine: Any) -> None:
+        for name in self._EVENTS:
+            if event.contains(engine, name, getattr(self, name)):
+                event.remove(engine, name, getattr(self, name))

@@ -1,0 +1,165 @@
+"""The seed guide's key/value API: set, get, get_or_set, delete, delete_pattern.
+
+Generic values live under ``ns:k:<key>`` in the same authenticated envelope as query results,
+with the payload ``[tags, value]``.  Their stamps are the tokens of the namespace and of their
+tags, so ``invalidate_tags`` and ``clear()`` reach them exactly as they reach cached queries.
+A value stored with tags costs a second round trip on ``get`` (to read the tag tokens named in
+the entry); ``get_or_set`` knows the tags up front and reads everything in one.
+
+Keys and tags are literal strings everywhere (glob characters included) except in
+``delete_pattern``, whose argument is a Redis glob relative to the namespace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._codec import CorruptEntry, EntryCodec, Unencodable
+from ._options import _clean
+from ._store import FAILED
+from ._versions import Versions
+
+if TYPE_CHECKING:
+    from ._cache import Core
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+def _deps(core: Core, tags: Sequence[str]) -> list[str]:
+    return core.keys.dependencies((), tags)
+
+
+def _ttl(core: Core, ttl: float | None, region: str | None) -> float:
+    if ttl is not None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        return ttl
+    return core.config.region(region).ttl
+
+
+def seal_value(core: Core, stamps: bytes, tags: Sequence[str], value: Any,
+               compress: bool | None) -> bytes:
+    try:
+        return core.codec.seal(stamps, [list(tags), value], compress=compress)
+    except Unencodable as exc:
+        raise TypeError(f"cannot cache value of type {type(value).__qualname__}: {exc}") from exc
+
+
+def set_value(
+    core: Core,
+    key: str,
+    value: Any,
+    *,
+    ttl: float | None = None,
+    tags: Iterable[str] | str | None = None,
+    compress: bool | None = None,
+    region: str | None = None,
+) -> bool:
+    """Store ``value``; False if Redis was unavailable.  Bad input raises, storing nothing."""
+    redis_key = core.keys.generic(key)
+    clean_tags = _clean("tags", tags)
+    seconds = _ttl(core, ttl, region)
+    # validate the value before touching Redis
+    seal_value(core, b"", clean_tags, value, compress)
+    deps = _deps(core, clean_tags)
+    tokens = core.store.mget(deps)
+    if tokens is FAILED:
+        return False
+    stamps = core.versions.ensure(deps, tokens)
+    if stamps is None:
+        return False
+    entry = seal_value(core, stamps, clean_tags, value, compress)
+    reply = core.store.pipeline([("SET", redis_key, entry, "PX", int(seconds * 1000))])
+    return reply is not FAILED
+
+
+def get_value(core: Core, key: str, default: Any = None) -> Any:
+    redis_key = core.keys.generic(key)
+    if core.versions.has_pending and not core.versions.settle():
+        return default
+    started = time.perf_counter()
+    values = core.store.mget([redis_key, core.keys.all_key])
+    if values is FAILED:
+        return default
+    entry, all_token = values
+    value = _open(core, entry, all_token)
+    if value is _MISSING:
+        core.stats.misses += 1
+        return default
+    core.stats.hit(time.perf_counter() - started)
+    return value
+
+
+def _open(core: Core, entry: bytes | None, all_token: bytes | None) -> Any:
+    if entry is None or all_token is None:
+        return _MISSING
+    codec: EntryCodec = core.codec
+    try:
+        opened = codec.open(entry, None)
+    except CorruptEntry:
+        core.stats.corrupt += 1
+        return _MISSING
+    assert opened is not None
+    tags, value = opened[1]
+    tokens: list[bytes | None] = [all_token]
+    if tags:
+        more = core.store.mget([core.keys.tag(t) for t in tags])
+        if more is FAILED:
+            return _MISSING
+        tokens.extend(more)
+    stamps = Versions.stamps(tokens)
+    if stamps is None or codec.stamps_of(entry) != stamps:
+        return _MISSING
+    return value
+
+
+def get_or_set(
+    core: Core,
+    key: str,
+    creator: Callable[[], T],
+    *,
+    ttl: float | None = None,
+    tags: Iterable[str] | str | None = None,
+    compress: bool | None = None,
+    region: str | None = None,
+) -> T:
+    """Cache-aside: ``creator`` runs once per miss across processes (stampede lock)."""
+    redis_key = core.keys.generic(key)
+    clean_tags = _clean("tags", tags)
+    seconds = _ttl(core, ttl, region)
+    refresh = core.config.region(region).refresh_after if ttl is None else None
+
+    def encode(value: T) -> list[Any]:
+        return [list(clean_tags), value]
+
+    def decode(payload: list[Any]) -> T:
+        result: T = payload[1]
+        return result
+
+    value, _ = core.reader.read(
+        redis_key,
+        _deps(core, clean_tags),
+        creator,
+        ttl=seconds,
+        refresh_after=refresh,
+        encode=encode,
+        decode=decode,
+        compress=compress,
+    )
+    return value
+
+
+def delete(core: Core, key: str) -> bool:
+    reply = core.store.pipeline([("UNLINK", core.keys.generic(key))])
+    return reply is not FAILED and bool(reply[0])
+
+
+def delete_pattern(core: Core, pattern: str) -> int:
+    """Delete generic keys matching a glob relative to the namespace; returns how many."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError("pattern must be a non-empty string")
+    deleted = core.store.call(core.store.io.scan_delete, core.keys.pattern(pattern))
+    return 0 if deleted is FAILED else int(deleted)

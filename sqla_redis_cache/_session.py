@@ -1,0 +1,94 @@
+"""Session wiring: attach/detach, the ``cached()`` option, and commit-time invalidation.
+
+``do_orm_execute`` only translates the ``cached()`` option into an execution option; it never
+answers the query itself, so SQLAlchemy's autoflush, loader options and result handling run as
+usual and the cursor-level hook (``_execution``) decides hit or miss with full knowledge of the
+transaction's writes.
+
+``after_begin`` notes each connection a session transaction uses (and installs the engine hooks
+on engines met for the first time).  ``after_commit`` runs once the database commit succeeded:
+it collects the tables those connections wrote and replaces their version tokens in one round
+trip, so by the time ``commit()`` returns every process misses on them.  A rollback collects
+nothing.
+
+An engine first met inside a transaction may already be executing without the hooks; that
+transaction runs uncached, and if it wrote anything its commit invalidates the whole namespace.
+Attach engines (or bound sessionmakers) up front to avoid that.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+
+from ._execution import ALL_TABLES, COMMITTING
+from ._options import CachedOption
+
+if TYPE_CHECKING:
+    from ._cache import Core
+
+CONNECTIONS = "sqla_redis_cache.connections"
+UNTRACKED = "sqla_redis_cache.untracked"
+UNTRACKED_WRITES = "sqla_redis_cache.untracked_writes"
+
+
+class SessionHooks:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.option_key = core.option_key
+
+    def do_orm_execute(self, state: Any) -> None:
+        if not state.is_select:
+            if state.session.info.get(UNTRACKED):
+                state.session.info[UNTRACKED_WRITES] = True
+            return
+        for option in state.user_defined_options:
+            if isinstance(option, CachedOption):
+                if not state.session.info.get(UNTRACKED):
+                    state.update_execution_options(**{self.option_key: option.payload})
+                return
+
+    def after_begin(self, session: Any, transaction: Any, connection: Any) -> None:
+        info = session.info
+        conns = info.get(CONNECTIONS)
+        if conns is None:
+            conns = info[CONNECTIONS] = []
+        conns.append(connection)
+        if self.core.ensure_engine(connection.engine):
+            info[UNTRACKED] = True
+
+    def after_flush(self, session: Any, flush_context: Any) -> None:
+        if session.info.get(UNTRACKED):
+            session.info[UNTRACKED_WRITES] = True
+
+    def after_commit(self, session: Any) -> None:
+        info = session.info
+        tables: set[str] = set()
+        for conn in info.get(CONNECTIONS, ()):
+            written = conn.info.pop(COMMITTING, None)
+            if written:
+                tables |= written
+        if info.get(UNTRACKED_WRITES):
+            tables.add(ALL_TABLES)
+        if tables:
+            self.core.invalidate_written(tables)
+
+    def after_transaction_end(self, session: Any, transaction: Any) -> None:
+        if transaction.parent is None:
+            info = session.info
+            for key in (CONNECTIONS, UNTRACKED, UNTRACKED_WRITES):
+                info.pop(key, None)
+
+    _EVENTS = ("do_orm_execute", "after_begin", "after_flush", "after_commit",
+               "after_transaction_end")
+
+    def install(self, target: Any) -> None:
+        for name in self._EVENTS:
+            if not event.contains(target, name, getattr(self, name)):
+                event.listen(target, name, getattr(self, name))
+
+    def uninstall(self, target: Any) -> None:
+        for name in self._EVENTS:
+            if event.contains(target, name, getattr(self, name)):
+                event.remove(target, name, getattr(self, name))

@@ -1,0 +1,236 @@
+"""Redis I/O that fails open.
+
+Every call the cache makes to Redis goes through :class:`Store`, which turns Redis errors into a
+``FAILED`` sentinel (the caller then runs the query against the database), counts them, logs a
+rate-limited warning and feeds a circuit breaker: after ``breaker_threshold`` consecutive
+failures Redis is not called at all for ``breaker_cooldown`` seconds, so a dead Redis costs a
+request an attribute check instead of a connect timeout.
+
+The actual commands go through a :class:`RedisIO`.  :class:`SyncIO` wraps a redis-py client,
+standalone or cluster: it only ever sends single-key commands, or MGET on a standalone server,
+so no command spans hash slots.  An asyncio implementation plugs in the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import LockError, RedisError
+from redis.retry import Retry
+
+from ._config import CacheConfig
+from ._stats import StatsRecorder
+
+log = logging.getLogger("sqla_redis_cache")
+
+T = TypeVar("T")
+
+
+class _Failed:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FAILED"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+FAILED: Any = _Failed()
+"""Returned by :class:`Store` calls when Redis could not be used."""
+
+
+class Mutex(Protocol):
+    def acquire(self, wait: bool = True) -> bool: ...
+    def release(self) -> None: ...
+
+
+class RedisIO(Protocol):
+    """The handful of Redis operations the cache needs."""
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]: ...
+    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]: ...
+    def scan_delete(self, match: str) -> int: ...
+    def count(self, match: str) -> int: ...
+    def lock(self, name: str, timeout: float, wait: float) -> Mutex: ...
+    def close(self) -> None: ...
+
+
+class _RedisLockMutex:
+    """dogpile's mutex protocol over a redis-py Lock; never raises."""
+
+    __slots__ = ("__weakref__", "_lock", "_owned")
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._owned = False
+
+    def acquire(self, wait: bool = True) -> bool:
+        try:
+            self._owned = bool(self._lock.acquire(blocking=wait))
+        except (RedisError, OSError):
+            # Redis trouble: behave as if we hold it, the caller just builds the value itself
+            return True
+        return self._owned or wait
+
+    def release(self) -> None:
+        if not self._owned:
+            return
+        self._owned = False
+        try:
+            self._lock.release()
+        except (LockError, RedisError, OSError):
+            pass  # expired under a slow creator, or Redis went away: nothing to undo
+
+
+class SyncIO:
+    """:class:`RedisIO` over a synchronous redis-py client."""
+
+    def __init__(self, client: Any, *, cluster: bool = False) -> None:
+        self.client = client
+        self.cluster = cluster
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if self.cluster:
+            return list(self.client.mget_nonatomic(keys))
+        return list(self.client.execute_command("MGET", *keys))
+
+    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute())
+
+    def scan_delete(self, match: str) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=match, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += self._unlink(batch)
+                batch = []
+        if batch:
+            deleted += self._unlink(batch)
+        return deleted
+
+    def _unlink(self, keys: list[bytes]) -> int:
+        return sum(int(r or 0) for r in self.pipeline([("UNLINK", k) for k in keys]))
+
+    def count(self, match: str) -> int:
+        return sum(1 for _ in self.client.scan_iter(match=match, count=1000))
+
+    def lock(self, name: str, timeout: float, wait: float) -> Mutex:
+        lock = self.client.lock(
+            name, timeout=timeout, sleep=0.005, blocking_timeout=wait, thread_local=False
+        )
+        return _RedisLockMutex(lock)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_sync_client(config: CacheConfig) -> Any:
+    options: dict[str, Any] = {
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    options.update(config.redis_options)
+    if config.cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(config.url, **options)
+    return redis.Redis.from_url(config.url, **options)
+
+
+class Breaker:
+    """Consecutive-failure circuit breaker."""
+
+    __slots__ = ("cooldown", "failures", "open_until", "threshold")
+
+    def __init__(self, threshold: int, cooldown: float) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.open_until = 0.0
+
+    def allow(self) -> bool:
+        return not self.open_until or time.monotonic() >= self.open_until
+
+    def success(self) -> None:
+        if self.failures:
+            self.failures = 0
+            self.open_until = 0.0
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.cooldown
+
+
+class Store:
+    """Fail-open front of a :class:`RedisIO`."""
+
+    def __init__(
+        self,
+        io: RedisIO,
+        config: CacheConfig,
+        stats: StatsRecorder,
+        io_selector: Callable[[], RedisIO | None] | None = None,
+    ) -> None:
+        self._io = io
+        self._select = io_selector
+        self.config = config
+        self.stats = stats
+        self.breaker = Breaker(config.breaker_threshold, config.breaker_cooldown)
+        self._last_warning = 0.0
+
+    @property
+    def io(self) -> RedisIO:
+        if self._select is not None:
+            chosen = self._select()
+            if chosen is not None:
+                return chosen
+        return self._io
+
+    @property
+    def available(self) -> bool:
+        return self.breaker.allow()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``; on a Redis error return FAILED (and count it)."""
+        if not self.breaker.allow():
+            return FAILED  # type: ignore[no-any-return]
+        try:
+            result = fn(*args)
+        except (RedisError, OSError) as exc:
+            self.failed(exc)
+            return FAILED  # type: ignore[no-any-return]
+        self.breaker.success()
+        return result
+
+    def failed(self, exc: BaseException) -> None:
+        self.stats.errors += 1
+        self.breaker.failure()
+        now = time.monotonic()
+        if now - self._last_warning > 30.0:
+            self._last_warning = now
+            log.warning(
+                "Redis unavailable, serving from the database (%s: %s)", type(exc).__name__, exc
+            )
+
+    # convenience wrappers -------------------------------------------------------------------
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self.call(lambda: self.io.mget(keys))
+
+    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return self.call(lambda: self.io.pipeline(commands))
+
+    def lock(self, name: str) -> Mutex:
+        return self.io.lock(name, self.config.lock_timeout, self.config.lock_wait)

@@ -1,0 +1,89 @@
+"""Version tokens: the invalidation core.
+
+Each table, each tag and the namespace as a whole has a *token* in Redis: a random 16-character
+string.  An entry records the tokens of everything it depends on as they were read *before* its
+value was built; it is valid only while all of them are unchanged.  Invalidating is replacing a
+token with a new random one: one ``SET`` per table or tag, whatever the number of entries, and
+nothing to scan.
+
+Random tokens (rather than counters) make every lost key safe: if Redis evicts or loses a token,
+the next reader creates a fresh random one, which no existing entry carries, so the loss yields
+misses, never a stale hit.  Recording tokens read before the database query closes the fill race:
+a writer that commits while a reader is querying replaces a token the reader has already
+recorded, so the reader's late write is born stale.
+
+If replacing tokens fails (Redis unreachable at commit time) the keys are kept as *pending*; this
+process bypasses the cache for reads until a retry succeeds, so it never serves what it failed to
+invalidate.  Other processes are bounded by the entry TTL in that case (see docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+
+from ._store import FAILED, Store
+
+TOKEN_LENGTH = 16
+
+
+def new_token() -> bytes:
+    return os.urandom(TOKEN_LENGTH // 2).hex().encode()
+
+
+class Versions:
+    def __init__(self, store: Store, token_ttl: float) -> None:
+        self.store = store
+        self._ttl_ms = int(token_ttl * 1000)
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def stamps(values: Sequence[bytes | None]) -> bytes | None:
+        """Concatenated tokens, or None if any is missing."""
+        if None in values:
+            return None
+        return b"".join(values)  # type: ignore[arg-type]
+
+    def ensure(self, keys: Sequence[str], values: Sequence[bytes | None]) -> bytes | None:
+        """Stamps for ``keys``, creating missing tokens first; None if Redis failed."""
+        missing = [k for k, v in zip(keys, values, strict=True) if v is None]
+        if not missing:
+            return b"".join(values)  # type: ignore[arg-type]
+        commands: list[tuple[object, ...]] = []
+        for key in missing:
+            commands.append(("SET", key, new_token(), "NX", "PX", self._ttl_ms))
+            commands.append(("GET", key))
+        replies = self.store.pipeline(commands)
+        if replies is FAILED:
+            return None
+        created = dict(zip(missing, replies[1::2], strict=True))
+        tokens = [v if v is not None else created[k] for k, v in zip(keys, values, strict=True)]
+        return self.stamps(tokens)
+
+    def bump(self, keys: Iterable[str]) -> bool:
+        """Replace the tokens of ``keys``; remember them as pending if Redis fails."""
+        keys = set(keys)
+        with self._lock:
+            keys |= self._pending
+            self._pending = set()
+        if not keys:
+            return True
+        replies = self.store.pipeline(
+            [("SET", key, new_token(), "PX", self._ttl_ms) for key in sorted(keys)]
+        )
+        if replies is FAILED:
+            with self._lock:
+                self._pending |= keys
+            return False
+        self.store.stats.invalidations += len(keys)
+        return True
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def settle(self) -> bool:
+        """Retry pending invalidations; True when none remain."""
+        return not self._pending or self.bump(())
