@@ -45,7 +45,7 @@ class Core:
         self.store = Store(io, config, self.stats)
         self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
         self.codec = EntryCodec(config.secret, config.compress_threshold, config.max_entry_bytes)
-        self.reader = Reader(self.store, self.versions, self.codec)
+        self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
         self.engine_hooks = EngineHooks(self)
         self.session_hooks = SessionHooks(self)
         self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()

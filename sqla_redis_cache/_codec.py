@@ -168,6 +168,10 @@ class EntryCodec:
         (length,) = struct.unpack_from("!H", entry, 18)
         return entry[20 : 20 + length]
 
+    @staticmethod
+    def mac_of(entry: bytes) -> bytes:
+        return entry[2:18]
+
     def open(self, entry: bytes, stamps: bytes | None) -> tuple[float, Any] | None:
         """(created, value) if valid for ``stamps``; None if stale; CorruptEntry if bad.
 

@@ -84,6 +84,9 @@ class CacheConfig:
     breaker_threshold: int = 3
     breaker_cooldown: float = 2.0
     cluster: bool = False
+    #: decoded immutable query results kept in process (still validated against Redis on
+    #: every read; saves decoding only); 0 disables
+    near_cache_size: int = 512
     #: extra keyword arguments for the redis-py client
     redis_options: Mapping[str, Any] = field(default_factory=dict)
 

@@ -61,17 +61,3 @@ class CachedCursor:
 
     def setoutputsize(self, *args: Any) -> None:
         pass
-
-
-def encode_result(value: tuple[Description, list[tuple[Any, ...]]]) -> list[Any]:
-    description, rows = value
-    desc = [
-        [d[0], d[1] if isinstance(d[1], int | str) or d[1] is None else None] for d in description
-    ]
-    return [desc, rows]
-
-
-def decode_result(payload: list[Any]) -> tuple[Description, list[tuple[Any, ...]]]:
-    desc, rows = payload
-    description = [(name, type_code, None, None, None, None, None) for name, type_code in desc]
-    return description, [tuple(r) for r in rows]

@@ -27,9 +27,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
+from sqlalchemy.engine.default import NO_CACHE_KEY
 
 from ._analysis import read_plan, written_tables
-from ._cursor import CachedCursor, decode_result, encode_result
+from ._cursor import CachedCursor
+from ._rows import decode_result, encode_result, immutable_rows
 from ._keys import UnkeyableParameter
 from ._options import CacheDirective
 
@@ -63,6 +65,7 @@ class EngineHooks:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.option_key = core.option_key
+        self._deps: dict[tuple[frozenset[str], tuple[str, ...]], list[str]] = {}
 
     # reads -----------------------------------------------------------------------------------
 
@@ -88,6 +91,9 @@ class EngineHooks:
     ) -> bool:
         core = self.core
         stats = core.stats
+        if context.cache_hit is NO_CACHE_KEY:  # SQLAlchemy could not key it: neither do we
+            stats.uncacheable += 1
+            return False
         plan = read_plan(context)
         tables = plan.tables
         if plan.reason is not None and not (directive.tables and plan.reason.startswith("text")):
@@ -127,12 +133,13 @@ class EngineHooks:
 
         (description, rows), hit = core.reader.read(
             key,
-            keys.dependencies(tables, directive.tags),
+            self._dependencies(tables, directive.tags),
             build,
             ttl=directive.ttl or region.ttl,
             refresh_after=region.refresh_after,
             encode=encode_result,
             decode=decode_result,
+            keep_local=immutable_rows,
         )
         if description is None:  # not a row-returning statement after all: leave it be
             return True
@@ -140,6 +147,14 @@ class EngineHooks:
             cursor.close()
         context.cursor = CachedCursor(description, rows, getattr(cursor, "connection", None))
         return True
+
+    def _dependencies(self, tables: frozenset[str], tags: tuple[str, ...]) -> list[str]:
+        deps = self._deps.get((tables, tags))
+        if deps is None:
+            if len(self._deps) > 4096:
+                self._deps.clear()
+            deps = self._deps[(tables, tags)] = self.core.keys.dependencies(tables, tags)
+        return deps
 
     # writes ----------------------------------------------------------------------------------
 

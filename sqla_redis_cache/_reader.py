@@ -8,6 +8,10 @@ the aged value.  Invalidated entries are never served; only aged ones are.
 
 The stamps written with a new value are the tokens read *before* it was built (see
 ``_versions``).  When Redis fails at any step the value is built and returned uncached.
+
+The near cache keeps decoded values of immutable results in process, keyed by Redis key and
+checked against the entry's MAC: it only saves decoding.  Every lookup still reads the entry and
+the current tokens from Redis, so freshness, TTL and invalidation are exactly those of Redis.
 """
 
 from __future__ import annotations
@@ -25,27 +29,81 @@ from ._versions import Versions
 T = TypeVar("T")
 
 
+class NearCache:
+    """A bounded in-process map: key -> (entry MAC, created, decoded value)."""
+
+    __slots__ = ("_data", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: dict[str, tuple[bytes, float, Any]] = {}
+
+    def get(self, key: str, mac: bytes) -> tuple[float, Any] | None:
+        item = self._data.get(key)
+        if item is None or item[0] != mac:
+            return None
+        return item[1], item[2]
+
+    def put(self, key: str, mac: bytes, created: float, value: Any) -> None:
+        if self.size <= 0:
+            return
+        data = self._data
+        if len(data) >= self.size and key not in data:
+            try:
+                del data[next(iter(data))]
+            except (StopIteration, KeyError, RuntimeError):
+                pass
+        data[key] = (mac, created, value)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
 class Reader:
     """Bound to one cache's store, versions and codec."""
 
-    def __init__(self, store: Store, versions: Versions, codec: EntryCodec) -> None:
+    def __init__(
+        self, store: Store, versions: Versions, codec: EntryCodec, near_size: int = 0
+    ) -> None:
         self.store = store
         self.versions = versions
         self.codec = codec
         self.stats = store.stats
+        self.near = NearCache(near_size)
 
-    def _open(self, values: Sequence[bytes | None]) -> tuple[float, Any] | None:
+    def _open(
+        self,
+        key: str,
+        values: Sequence[bytes | None],
+        decode: Callable[[Any], Any],
+        keep: Callable[[Any], bool] | None,
+    ) -> tuple[float, Any] | None:
+        """(created, decoded value) of a fresh, valid entry; None otherwise."""
         entry = values[0]
         if entry is None:
             return None
         stamps = Versions.stamps(values[1:])
-        if stamps is None:
+        if stamps is None or EntryCodec.stamps_of(entry) != stamps:
             return None
+        mac = EntryCodec.mac_of(entry)
+        if keep is not None:
+            local = self.near.get(key, mac)
+            if local is not None:
+                return local
         try:
-            return self.codec.open(entry, stamps)
+            opened = self.codec.open(entry, None)
         except CorruptEntry:
             self.stats.corrupt += 1
             return None
+        assert opened is not None
+        try:
+            value = decode(opened[1])
+        except Exception:
+            self.stats.corrupt += 1
+            return None
+        if keep is not None and keep(value):
+            self.near.put(key, mac, opened[0], value)
+        return opened[0], value
 
     def read(
         self,
@@ -59,8 +117,13 @@ class Reader:
         decode: Callable[[Any], T] = lambda v: v,
         compress: bool | None = None,
         lock_name: str | None = None,
+        keep_local: Callable[[T], bool] | None = None,
     ) -> tuple[T, bool]:
-        """The value for ``key`` and whether it came from the cache."""
+        """The value for ``key`` and whether it came from the cache.
+
+        ``keep_local(value)`` says whether a decoded value may be shared through the near cache
+        (only immutable values may); None keeps nothing locally.
+        """
         started = time.perf_counter()
         if self.versions.has_pending and not self.versions.settle():
             self.stats.bypasses += 1
@@ -70,14 +133,13 @@ class Reader:
         if values is FAILED:
             self.stats.bypasses += 1
             return build(), False
-        opened = self._open(values)
+        opened = self._open(key, values, decode, keep_local)
         if opened is not None and (
             refresh_after is None or time.time() - opened[0] < refresh_after
         ):
-            value = decode(opened[1])
             self.stats.hit(time.perf_counter() - started)
-            return value, True
-        return _Fill(self, keys, values, build, ttl, encode, decode, compress).run(
+            return opened[1], True  # type: ignore[no-any-return]
+        return _Fill(self, keys, values, build, ttl, encode, decode, compress, keep_local).run(
             lock_name or key + ":lock", refresh_after, started
         )
 
@@ -95,6 +157,7 @@ class _Fill(Generic[T]):
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
         compress: bool | None,
+        keep_local: Callable[[T], bool] | None,
     ) -> None:
         self.reader = reader
         self.keys = keys
@@ -106,6 +169,7 @@ class _Fill(Generic[T]):
         self.encode = encode
         self.decode = decode
         self.compress = compress
+        self.keep_local = keep_local
 
     def value_and_created(self) -> tuple[T, float]:
         if self.first:
@@ -113,13 +177,14 @@ class _Fill(Generic[T]):
         else:
             values = self.reader.store.mget(self.keys)
             self.values = None if values is FAILED else values
-        opened = self._opened()
+        opened = (
+            None
+            if self.values is None
+            else self.reader._open(self.keys[0], self.values, self.decode, self.keep_local)
+        )
         if opened is None:
             raise NeedRegenerationException()
-        return self.decode(opened[1]), opened[0]
-
-    def _opened(self) -> tuple[float, Any] | None:
-        return None if self.values is None else self.reader._open(self.values)
+        return opened[1], opened[0]
 
     def create(self) -> tuple[T, float]:
         reader = self.reader
@@ -128,16 +193,21 @@ class _Fill(Generic[T]):
             stamps = reader.versions.ensure(self.keys[1:], self.values[1:])
         value = self.build()
         self.built = True
+        created = time.time()
         if stamps is not None:
             try:
-                entry = reader.codec.seal(stamps, self.encode(value), compress=self.compress)
+                entry = reader.codec.seal(
+                    stamps, self.encode(value), compress=self.compress, created=created
+                )
             except Unencodable:
                 reader.stats.uncacheable += 1
             else:
                 reader.store.pipeline(
                     [("SET", self.keys[0], entry, "PX", max(1, int(self.ttl * 1000)))]
                 )
-        return value, time.time()
+                if self.keep_local is not None and self.keep_local(value):
+                    reader.near.put(self.keys[0], EntryCodec.mac_of(entry), created, value)
+        return value, created
 
     def run(self, lock_name: str, refresh_after: float | None, started: float) -> tuple[T, bool]:
         reader = self.reader

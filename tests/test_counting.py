@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _counting import Counter, instrument_engine, make_counted_async_engine, make_counted_engine
-from _services import postgres_async_url, postgres_url
+from ._counting import Counter, instrument_engine, make_counted_async_engine, make_counted_engine
+from ._services import postgres_async_url, postgres_url
 from sqlalchemy import (
     Column,
     Integer,

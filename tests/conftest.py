@@ -1,0 +1,97 @@
+"""Shared fixtures: real Redis, real PostgreSQL and SQLite, counted engines, fresh namespaces.
+
+Services are resolved by ``tests/_services.py`` (env URLs, then local ports, then
+testcontainers); when none is available the tests fail with a message saying how to provide one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqla_redis_cache import QueryCache
+
+from . import _services
+from ._counting import Counter, make_counted_engine
+from .models import Base, seed
+
+
+@dataclass
+class Database:
+    name: str
+    url: str
+    engine: Engine
+    counter: Counter
+    Session: sessionmaker[Session]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return _services.redis_url()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    return _services.postgres_url()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
+    qc = QueryCache.from_url(redis_url, namespace=namespace)
+    yield qc
+    qc.clear()
+    qc.close()
+
+
+_ENGINES: dict[str, tuple[Engine, Counter]] = {}
+
+
+def _engine_for(name: str, url: str) -> tuple[Engine, Counter]:
+    if name not in _ENGINES:
+        engine, counter = make_counted_engine(url)
+        Base.metadata.drop_all(engine)
+        Base.metadata.create_all(engine)
+        _ENGINES[name] = (engine, counter)
+    return _ENGINES[name]
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("sqlite") / "cache-tests.db"
+    return f"sqlite:///{path}"
+
+
+def _database(name: str, url: str) -> Database:
+    engine, counter = _engine_for(name, url)
+    seed(engine)
+    counter.reset()
+    return Database(name, url, engine, counter, sessionmaker(engine))
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Database:
+    """PostgreSQL with fresh seed data and a new sessionmaker."""
+    return _database("postgresql", postgres_url)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> Database:
+    """The same test on PostgreSQL and on SQLite (the embedded case)."""
+    url = postgres_url if request.param == "postgresql" else sqlite_url
+    return _database(request.param, url)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for engine, _ in _ENGINES.values():
+        engine.dispose()
