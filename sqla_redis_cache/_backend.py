@@ -10,7 +10,7 @@ misses, multi-key reads never cross hash slots, and its mutex is a Redis lock wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, CantDeserializeException
@@ -37,7 +37,8 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
     def get_serialized(self, key: str) -> Any:
         return self.get_serialized_multi([key])[0]
 
-    def get_serialized_multi(self, keys: Sequence[str]) -> list[Any]:
+    def get_serialized_multi(self, keys: Iterable[str]) -> list[Any]:
+        keys = list(keys)
         values = self.core.store.mget([self._k(k) for k in keys])
         if values is FAILED:
             return [NO_VALUE] * len(keys)
@@ -68,7 +69,7 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
     def delete(self, key: str) -> None:
         self.delete_multi([key])
 
-    def delete_multi(self, keys: Sequence[str]) -> None:
+    def delete_multi(self, keys: Iterable[str]) -> None:
         self.core.store.pipeline([("UNLINK", self._k(k)) for k in keys])
 
     def get_mutex(self, key: str) -> Any:

@@ -84,8 +84,7 @@ def _engines_of(target: Any) -> list[Engine]:
         binds.append(target.bind)
     engines = []
     for bind in binds:
-        bind = getattr(bind, "sync_engine", bind)
-        engine = getattr(bind, "engine", None)
+        engine = getattr(getattr(bind, "sync_engine", bind), "engine", None)
         if isinstance(engine, Engine):
             engines.append(engine)
     return engines

@@ -6,17 +6,17 @@ Layout of every value the library stores::
 
 ``stamps`` are the version tokens of the tables and tags the entry depends on, as they were read
 *before* the value was built.  A reader compares them with the current tokens before touching
-the payload, so a stale entry costs a byte comparison.  ``mac`` is a keyed BLAKE2b over the version,
-flags and everything after it: with ``secret`` set it authenticates the entry, without it it is a checksum.  A
-truncated, corrupt, foreign or tampered entry raises :class:`CorruptEntry` and is treated as a
-miss.
+the payload, so a stale entry costs a byte comparison.  ``mac`` is a keyed BLAKE2b over the
+version, flags and everything after it: with ``secret`` set it authenticates the entry, without
+it it is a checksum.  A truncated, corrupt, foreign or tampered entry raises
+:class:`CorruptEntry` and is treated as a miss.
 
 Payloads are msgpack with a handful of extension types for the values database drivers return
 (datetime, Decimal, UUID, ...), which cannot execute code when decoded.  Pickle is used only for
 values msgpack cannot encode, and only when a secret is configured, so nothing is ever unpickled
 from Redis unless it was signed with that secret.  Like JSON, msgpack has one sequence type:
-tuples inside values come back as lists (result rows are turned back into tuples).  Payloads above ``compress_threshold`` bytes
-are zlib-compressed (the seed guide's 1 KB rule).
+tuples inside values come back as lists (result rows are turned back into tuples).  Payloads
+above ``compress_threshold`` bytes are zlib-compressed (the seed guide's 1 KB rule).
 """
 
 from __future__ import annotations
@@ -62,9 +62,7 @@ def _default(obj: Any) -> Any:
     if kind is datetime.time:
         return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode())
     if kind is datetime.timedelta:
-        return msgpack.ExtType(
-            _EXT_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds])
-        )
+        return msgpack.ExtType(_EXT_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
     if kind is decimal.Decimal:
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     if kind is uuid.UUID:
@@ -96,7 +94,7 @@ def _packb(value: Any) -> bytes:
     return data
 
 
-def _unpackb(data: bytes) -> Any:
+def _unpackb(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
 
 

@@ -31,9 +31,9 @@ from sqlalchemy.engine.default import NO_CACHE_KEY
 
 from ._analysis import read_plan, written_tables
 from ._cursor import CachedCursor
-from ._rows import decode_result, encode_result, immutable_rows
 from ._keys import UnkeyableParameter
 from ._options import CacheDirective
+from ._rows import decode_result, encode_result, immutable_rows
 
 if TYPE_CHECKING:
     from ._cache import Core

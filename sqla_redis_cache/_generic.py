@@ -40,8 +40,9 @@ def _ttl(core: Core, ttl: float | None, region: str | None) -> float:
     return core.config.region(region).ttl
 
 
-def seal_value(core: Core, stamps: bytes, tags: Sequence[str], value: Any,
-               compress: bool | None) -> bytes:
+def seal_value(
+    core: Core, stamps: bytes, tags: Sequence[str], value: Any, compress: bool | None
+) -> bytes:
     try:
         return core.codec.seal(stamps, [list(tags), value], compress=compress)
     except Unencodable as exc:

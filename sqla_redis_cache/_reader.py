@@ -212,7 +212,8 @@ class _Fill(Generic[T]):
     def run(self, lock_name: str, refresh_after: float | None, started: float) -> tuple[T, bool]:
         reader = self.reader
         mutex = reader.store.lock(lock_name)
-        with Lock(mutex, self.create, self.value_and_created, refresh_after) as value:
+        lock = Lock(mutex, self.create, self.value_and_created, refresh_after)  # type: ignore[no-untyped-call]
+        with lock as value:
             result: T = value
         if self.built:
             reader.stats.misses += 1

@@ -84,14 +84,15 @@ def decode_result(payload: list[Any]) -> tuple[Description, Rows]:
     if not count:
         return description, []
     decoded = []
-    for code, values in columns:
-        if code != _RAW:
-            decode = _DECODERS[code]
-            if None in values:
-                values = [None if v is None else decode(v) for v in values]
-            else:
-                values = list(map(decode, values))
-        decoded.append(values)
+    for code, raw in columns:
+        if code == _RAW:
+            decoded.append(raw)
+            continue
+        decode = _DECODERS[code]
+        if None in raw:
+            decoded.append([None if v is None else decode(v) for v in raw])
+        else:
+            decoded.append(list(map(decode, raw)))
     return description, list(zip(*decoded, strict=True))
 
 

@@ -80,8 +80,13 @@ class SessionHooks:
             for key in (CONNECTIONS, UNTRACKED, UNTRACKED_WRITES):
                 info.pop(key, None)
 
-    _EVENTS = ("do_orm_execute", "after_begin", "after_flush", "after_commit",
-               "after_transaction_end")
+    _EVENTS = (
+        "do_orm_execute",
+        "after_begin",
+        "after_flush",
+        "after_commit",
+        "after_transaction_end",
+    )
 
     def install(self, target: Any) -> None:
         for name in self._EVENTS:

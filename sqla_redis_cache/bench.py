@@ -4,8 +4,8 @@ Run with ``sqla-redis-cache bench`` (or ``python -m sqla_redis_cache.bench``).  
 measured in one process, interleaving the three variants round by round so that machine noise
 hits them alike; each round times a block of ``block`` consecutive executions per variant (the
 steady state of a busy worker), and the report gives medians over rounds and ratios to the
-uncached query, never absolute claims.  Every iteration opens a fresh Session, runs the query, consumes the result and closes
-the session: the shape of a web request.
+uncached query, never absolute claims.  Every iteration opens a fresh Session, runs the query,
+consumes the result and closes the session: the shape of a web request.
 
 The "recipe" is the approach documented in SQLAlchemy's dogpile_caching example: a
 ``do_orm_execute`` hook storing ``invoke_statement().freeze()`` in a dogpile region (Redis
@@ -29,6 +29,7 @@ from sqlalchemy import (
     Numeric,
     String,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -81,10 +82,10 @@ def install_recipe(session_factory: sessionmaker[Session], redis_url: str) -> An
         for opt in state.user_defined_options:
             if isinstance(opt, _FromRecipe):
                 stmt = state.statement
-                compiled = stmt.compile(dialect=state.session.get_bind().dialect)
+                compiled = stmt.compile(dialect=state.session.get_bind().dialect)  # type: ignore[attr-defined]
                 key = f"sqla_cache_bench_recipe:{compiled}:{sorted(compiled.params.items())!r}"
                 frozen = region.get_or_create(key, lambda: state.invoke_statement().freeze())
-                return merge_frozen_result(state.session, stmt, frozen, load=False)()
+                return merge_frozen_result(state.session, stmt, frozen, load=False)()  # type: ignore[no-untyped-call]
         return None
 
     return region
@@ -96,7 +97,7 @@ def _setup(engine: Engine, rows: int) -> None:
         count = conn.scalar(select(func.count()).select_from(BenchItem))
         if count == rows:
             return
-        conn.execute(BenchItem.__table__.delete())
+        conn.execute(delete(BenchItem))
         base = datetime(2024, 1, 1)
         batch = []
         for i in range(1, rows + 1):
@@ -120,16 +121,20 @@ def _setup(engine: Engine, rows: int) -> None:
 
 SHAPES: dict[str, Callable[[Any], Any]] = {
     "pk_1_row": lambda opt: select(BenchItem).where(BenchItem.id == 4242).options(opt),
-    "entities_1000": lambda opt: select(BenchItem)
-    .where(BenchItem.id <= 1000)
-    .order_by(BenchItem.id)
-    .options(opt),
-    "group_by_200k": lambda opt: select(
-        BenchItem.group_id, func.count(), func.sum(BenchItem.price), func.max(BenchItem.created_at)
-    )
-    .group_by(BenchItem.group_id)
-    .order_by(BenchItem.group_id)
-    .options(opt),
+    "entities_1000": lambda opt: (
+        select(BenchItem).where(BenchItem.id <= 1000).order_by(BenchItem.id).options(opt)
+    ),
+    "group_by_200k": lambda opt: (
+        select(
+            BenchItem.group_id,
+            func.count(),
+            func.sum(BenchItem.price),
+            func.max(BenchItem.created_at),
+        )
+        .group_by(BenchItem.group_id)
+        .order_by(BenchItem.group_id)
+        .options(opt)
+    ),
 }
 
 
@@ -188,9 +193,7 @@ def run(
         medians = {k: statistics.median(v) for k, v in samples.items()}
         report["shapes"][name] = {
             "median_ms": {k: round(v * 1000, 3) for k, v in medians.items()},
-            "ratio_to_uncached": {
-                k: round(v / medians["uncached"], 3) for k, v in medians.items()
-            },
+            "ratio_to_uncached": {k: round(v / medians["uncached"], 3) for k, v in medians.items()},
         }
     report["invalidation"] = _invalidation_cost(cache, ours, redis_url)
     cache.clear()

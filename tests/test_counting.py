@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ._counting import Counter, instrument_engine, make_counted_async_engine, make_counted_engine
-from ._services import postgres_async_url, postgres_url
 from sqlalchemy import (
     Column,
     Integer,
@@ -24,6 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._counting import Counter, instrument_engine, make_counted_async_engine, make_counted_engine
+from ._services import postgres_async_url, postgres_url
 
 ROWS = [{"id": i, "name": f"n{i}"} for i in range(1, 21)]
 

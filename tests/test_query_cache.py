@@ -50,7 +50,9 @@ def test_different_parameters_never_collide(db: Database, cache: QueryCache) -> 
     cache.attach(db.Session)
 
     def by_org(org_id: int) -> list[str]:
-        return names(db, select(User).where(User.org_id == org_id).order_by(User.id).options(cached()))
+        return names(
+            db, select(User).where(User.org_id == org_id).order_by(User.id).options(cached())
+        )
 
     assert by_org(1) == ["user1", "user2", "user3"]
     assert by_org(2) == ["user4", "user5", "user6"]
@@ -66,9 +68,13 @@ def test_different_parameters_never_collide(db: Database, cache: QueryCache) -> 
 def test_other_session_and_legacy_query_share_entries(db: Database, cache: QueryCache) -> None:
     cache.attach(db.Session)
     with db.counter.expect(1), db.Session() as s:
-        first = [u.id for u in s.query(User).filter_by(org_id=2).order_by(User.id).options(cached())]
+        first = [
+            u.id for u in s.query(User).filter_by(org_id=2).order_by(User.id).options(cached())
+        ]
     with db.counter.expect(0), db.Session() as s:
-        again = [u.id for u in s.query(User).filter_by(org_id=2).order_by(User.id).options(cached())]
+        again = [
+            u.id for u in s.query(User).filter_by(org_id=2).order_by(User.id).options(cached())
+        ]
     assert first == again == [4, 5, 6]
 
 
@@ -205,9 +211,11 @@ def test_regions_set_ttl(db: Database, cache: QueryCache, redis_url: str) -> Non
         return int(client.pttl(key))
 
     assert 299_000 < entry_ttl(select(User).where(User.id == 1).options(cached())) <= 300_000
-    assert 899_000 < entry_ttl(
-        select(User).where(User.id == 2).options(cached(region="db_aggregate"))
-    ) <= 900_000
+    assert (
+        899_000
+        < entry_ttl(select(User).where(User.id == 2).options(cached(region="db_aggregate")))
+        <= 900_000
+    )
     assert 59_000 < entry_ttl(select(User).where(User.id == 3).options(cached(ttl=60))) <= 60_000
     with pytest.raises(ConfigurationError, match="unknown cache region"):
         names(db, select(User).options(cached(region="nope")))
