@@ -115,6 +115,16 @@ class QueryCache:
         """Read ``REDIS_URL`` (else ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``/``TLS_ENABLED``)."""
         return cls(CacheConfig.from_env(environ, namespace=namespace, **settings))
 
+    @classmethod
+    def in_memory(cls, *, namespace: str = "sqlacache", **settings: Any) -> QueryCache:
+        """A cache kept in this process (no Redis): for demos, scripts and tests.
+
+        Entries and invalidations are invisible to other processes.
+        """
+        from ._memory import MemoryIO
+
+        return cls(CacheConfig(namespace=namespace, **settings), io=MemoryIO())
+
     # wiring --------------------------------------------------------------------------------
 
     def attach(self, target: Any) -> QueryCache:

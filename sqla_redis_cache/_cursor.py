@@ -16,13 +16,19 @@ Description = Sequence[tuple[Any, ...]]
 class CachedCursor:
     """Implements the read half of PEP 249's cursor over a list of rows."""
 
-    __slots__ = ("_pos", "_rows", "arraysize", "connection", "description", "rowcount")
+    __slots__ = ("_pos", "_rows", "arraysize", "connection", "description", "hit", "rowcount")
 
     lastrowid = None
 
     def __init__(
-        self, description: Description, rows: list[tuple[Any, ...]], connection: Any = None
+        self,
+        description: Description,
+        rows: list[tuple[Any, ...]],
+        connection: Any = None,
+        hit: bool = False,
     ) -> None:
+        #: True when the rows came from the cache rather than the database
+        self.hit = hit
         #: the DBAPI connection of the cursor this one stands in for (PEP 249 extension)
         self.connection = connection
         self.description = description

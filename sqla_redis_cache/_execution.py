@@ -145,7 +145,7 @@ class EngineHooks:
             return True
         if hit:
             cursor.close()
-        context.cursor = CachedCursor(description, rows, getattr(cursor, "connection", None))
+        context.cursor = CachedCursor(description, rows, getattr(cursor, "connection", None), hit)
         return True
 
     def _dependencies(self, tables: frozenset[str], tags: tuple[str, ...]) -> list[str]:
