@@ -68,7 +68,7 @@ class MemoryIO:
     """:class:`~._store.RedisIO` kept in this process."""
 
     def __init__(self) -> None:
-        self._backend = MemoryBackend({})
+        self._backend: Any = MemoryBackend({})  # type: ignore[no-untyped-call]
         self._keys: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
