@@ -1,0 +1,122 @@
+"""Redis down or dying never breaks a query; invalidations that failed are not forgotten."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select, update
+
+from sqla_redis_cache import CacheConfig, QueryCache, cached
+
+from . import _services
+from .conftest import Database
+from .models import User
+
+STMT = select(User.name).where(User.id == 1).options(cached())
+
+
+def one(db: Database) -> str:
+    with db.Session() as s:
+        return str(s.execute(STMT).scalar_one())
+
+
+def test_timeouts_default_to_tens_of_milliseconds() -> None:
+    config = CacheConfig()
+    assert config.connect_timeout <= 0.1 and config.socket_timeout <= 0.1
+
+
+def test_unreachable_redis_serves_from_the_database(
+    db: Database, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"redis://127.0.0.1:{_services.free_port()}/0"
+    cache = QueryCache.from_url(dead, namespace=namespace, breaker_threshold=3)
+    cache.attach(db.Session)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sqla_redis_cache"):
+            with db.counter.expect(5):
+                assert [one(db) for _ in range(5)] == ["user1"] * 5
+        st = cache.stats()
+        assert st.errors == 3  # then the breaker stopped calling Redis
+        assert st.bypasses == 5 and st.hits == 0
+        warnings = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+        assert len(warnings) == 1  # rate-limited
+        with db.Session.begin() as s:  # a commit with Redis down does not raise
+            s.execute(update(User).where(User.id == 1).values(name="while-down"))
+        assert one(db) == "while-down"
+        # the generic API fails open too
+        assert cache.get("k") is None
+        assert cache.set("k", 1) is False
+        assert cache.get_or_set("k", lambda: 41 + 1) == 42
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+def throwaway() -> Iterator[tuple[str, int]]:
+    port = _services.free_port()
+    proc = _services.start_redis_server(port)
+    yield f"redis://127.0.0.1:{port}/0", port
+    _services.stop(proc)
+
+
+@pytest.mark.slow
+def test_redis_killed_mid_run_and_restarted_empty(db: Database, namespace: str) -> None:
+    import time
+
+    port = _services.free_port()
+    proc = _services.start_redis_server(port)
+    cache = QueryCache.from_url(
+        f"redis://127.0.0.1:{port}/0", namespace=namespace, breaker_cooldown=0.1
+    )
+    cache.attach(db.Session)
+    try:
+        assert one(db) == "user1"
+        with db.counter.expect(0):
+            assert one(db) == "user1"
+        proc.kill()
+        proc.wait()
+        with db.counter.expect(3):
+            assert [one(db) for _ in range(3)] == ["user1"] * 3
+        with db.Session.begin() as s:
+            s.execute(update(User).where(User.id == 1).values(name="during-outage"))
+        assert one(db) == "during-outage"
+        proc = _services.start_redis_server(port)  # back, and empty
+        time.sleep(0.15)
+        assert one(db) == "during-outage"  # refills by itself
+        with db.counter.expect(0):
+            assert one(db) == "during-outage"
+        assert cache.stats().errors >= 1
+    finally:
+        cache.close()
+        _services.stop(proc)
+
+
+@pytest.mark.slow
+def test_failed_invalidation_is_retried_before_serving(
+    db: Database, namespace: str, throwaway: tuple[str, int]
+) -> None:
+    """Redis unreachable at commit but keeps its data: this process must not serve the entry
+    it failed to invalidate; the retry lands before its next read is served."""
+    import time
+
+    import redis
+
+    url, _ = throwaway
+    cache = QueryCache.from_url(url, namespace=namespace, breaker_cooldown=0.05)
+    cache.attach(db.Session)
+    admin = redis.Redis.from_url(url)
+    try:
+        assert one(db) == "user1"  # filled
+        admin.execute_command("CLIENT", "PAUSE", 400, "ALL")  # unreachable, data intact
+        with db.Session.begin() as s:
+            s.execute(update(User).where(User.id == 1).values(name="changed"))
+        assert cache._core.versions.has_pending
+        time.sleep(0.45)
+        assert one(db) == "changed"  # not the stale "user1" that is still in Redis
+        assert not cache._core.versions.has_pending
+        with db.counter.expect(0):
+            assert one(db) == "changed"
+    finally:
+        cache.close()
