@@ -34,9 +34,8 @@ def test_unreachable_redis_serves_from_the_database(
     cache = QueryCache.from_url(dead, namespace=namespace, breaker_threshold=3)
     cache.attach(db.Session)
     try:
-        with caplog.at_level(logging.WARNING, logger="sqla_redis_cache"):
-            with db.counter.expect(5):
-                assert [one(db) for _ in range(5)] == ["user1"] * 5
+        with caplog.at_level(logging.WARNING, logger="sqla_redis_cache"), db.counter.expect(5):
+            assert [one(db) for _ in range(5)] == ["user1"] * 5
         st = cache.stats()
         assert st.errors == 3  # then the breaker stopped calling Redis
         assert st.bypasses == 5 and st.hits == 0
