@@ -53,6 +53,7 @@ class Core:
 
     def ensure_engine(self, engine: Engine) -> bool:
         """Install engine hooks if missing; True if they were just installed."""
+        engine = base_engine(engine)
         if engine in self._engines:
             return False
         with self._lock:
@@ -73,6 +74,13 @@ class Core:
         if ALL_TABLES in tables:
             return self.versions.bump([self.keys.all_key])
         return self.versions.bump(self.keys.table(t) for t in tables)
+
+
+def base_engine(engine: Engine) -> Engine:
+    """The engine behind ``engine.execution_options(...)`` copies, which share its events."""
+    while (proxied := getattr(engine, "_proxied", None)) is not None:
+        engine = proxied
+    return engine
 
 
 def _engines_of(target: Any) -> list[Engine]:
@@ -152,6 +160,7 @@ class QueryCache:
         """Undo :meth:`attach` for ``target``."""
         target = getattr(target, "sync_engine", target)
         if isinstance(target, Engine):
+            target = base_engine(target)
             self._core.engine_hooks.uninstall(target)
             self._core._engines.discard(target)
         else:
