@@ -312,11 +312,9 @@ def test_session_instance_and_subclass_targets(db: Database, cache: QueryCache) 
 def test_engine_option_copies_share_the_base_engines_wiring(
     db: Database, cache: QueryCache
 ) -> None:
-    from sqlalchemy.orm import Session
-
     cache.attach(db.Session)
     stmt = select(User).where(User.id == 5).options(cached())
     names(db, stmt)
-    with Session(db.engine.execution_options(logging_token="x")) as s, db.counter.expect(0):
-        cache.attach(s)
+    option_copy = db.engine.execution_options(logging_token="x")
+    with db.Session(bind=option_copy) as s, db.counter.expect(0):
         assert s.scalars(stmt).one().name == "user5"
