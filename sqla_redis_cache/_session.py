@@ -11,9 +11,10 @@ it collects the tables those connections wrote and replaces their version tokens
 trip, so by the time ``commit()`` returns every process misses on them.  A rollback collects
 nothing.
 
-An engine first met inside a transaction may already be executing without the hooks; that
-transaction runs uncached, and if it wrote anything its commit invalidates the whole namespace.
-Attach engines (or bound sessionmakers) up front to avoid that.
+Engines a session meets at run time (unbound sessionmakers, ``binds``, option copies) get their
+hooks in ``after_begin``, which SQLAlchemy fires before the first statement runs on the new
+connection; SQLAlchemy checks for engine listeners at each event point, so that first
+transaction is fully tracked.
 """
 
 from __future__ import annotations
@@ -22,15 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from ._execution import ALL_TABLES, COMMITTING
+from ._execution import COMMITTING
 from ._options import CachedOption
 
 if TYPE_CHECKING:
     from ._cache import Core
 
 CONNECTIONS = "sqla_redis_cache.connections"
-UNTRACKED = "sqla_redis_cache.untracked"
-UNTRACKED_WRITES = "sqla_redis_cache.untracked_writes"
 
 
 class SessionHooks:
@@ -40,13 +39,10 @@ class SessionHooks:
 
     def do_orm_execute(self, state: Any) -> None:
         if not state.is_select:
-            if state.session.info.get(UNTRACKED):
-                state.session.info[UNTRACKED_WRITES] = True
             return
         for option in state.user_defined_options:
             if isinstance(option, CachedOption):
-                if not state.session.info.get(UNTRACKED):
-                    state.update_execution_options(**{self.option_key: option.payload})
+                state.update_execution_options(**{self.option_key: option.payload})
                 return
 
     def after_begin(self, session: Any, transaction: Any, connection: Any) -> None:
@@ -55,12 +51,7 @@ class SessionHooks:
         if conns is None:
             conns = info[CONNECTIONS] = []
         conns.append(connection)
-        if self.core.ensure_engine(connection.engine):
-            info[UNTRACKED] = True
-
-    def after_flush(self, session: Any, flush_context: Any) -> None:
-        if session.info.get(UNTRACKED):
-            session.info[UNTRACKED_WRITES] = True
+        self.core.ensure_engine(connection.engine)
 
     def after_commit(self, session: Any) -> None:
         info = session.info
@@ -69,24 +60,14 @@ class SessionHooks:
             written = conn.info.pop(COMMITTING, None)
             if written:
                 tables |= written
-        if info.get(UNTRACKED_WRITES):
-            tables.add(ALL_TABLES)
         if tables:
             self.core.invalidate_written(tables)
 
     def after_transaction_end(self, session: Any, transaction: Any) -> None:
         if transaction.parent is None:
-            info = session.info
-            for key in (CONNECTIONS, UNTRACKED, UNTRACKED_WRITES):
-                info.pop(key, None)
+            session.info.pop(CONNECTIONS, None)
 
-    _EVENTS = (
-        "do_orm_execute",
-        "after_begin",
-        "after_flush",
-        "after_commit",
-        "after_transaction_end",
-    )
+    _EVENTS = ("do_orm_execute", "after_begin", "after_commit", "after_transaction_end")
 
     def install(self, target: Any) -> None:
         for name in self._EVENTS:

@@ -224,3 +224,24 @@ def test_clear_invalidates_at_once(db: Database, cache: QueryCache) -> None:
     cache.clear()
     with db.counter.expect(1):
         read(db, stmt)
+
+
+def test_engine_met_at_run_time_is_tracked_from_its_first_transaction(
+    db: Database, cache: QueryCache
+) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    cache.attach(db.Session)
+    stmt = select(User.name).where(User.id == 6)
+    assert read(db, stmt) == [("user6",)]
+    other_engine = create_engine(db.url)
+    unbound = sessionmaker()
+    cache.attach(unbound)  # no engine known yet
+    try:
+        with unbound(bind=other_engine) as s:  # first transaction ever on this engine
+            s.execute(update(User).where(User.id == 6).values(name="late-bound"))
+            s.commit()
+        assert read(db, stmt) == [("late-bound",)]
+    finally:
+        other_engine.dispose()
