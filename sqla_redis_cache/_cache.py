@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dogpile.cache.region import CacheRegion
 from sqlalchemy.engine import Engine
@@ -28,6 +29,9 @@ from ._session import SessionHooks
 from ._stats import CacheStats, StatsRecorder
 from ._store import FAILED, RedisIO, Store, SyncIO, make_sync_client
 from ._versions import Versions
+
+if TYPE_CHECKING:
+    from ._aio import LoopRouter
 
 T = TypeVar("T")
 
@@ -138,6 +142,13 @@ class QueryCache:
     def attach(self, target: Any) -> QueryCache:
         """Cache ``cached()`` statements run through ``target`` and invalidate on its commits."""
         core = self._core
+        from . import _aio  # asyncio: AsyncEngine, AsyncSession, async_sessionmaker
+
+        if _aio.is_async_target(target):
+            _aio.router(core.store)
+            target, engines = _aio.sync_target(target)
+            for engine in engines:
+                core.ensure_engine(engine)
         target = getattr(target, "sync_engine", target)
         if isinstance(target, Engine):
             core.ensure_engine(target)
@@ -149,8 +160,8 @@ class QueryCache:
                 core.ensure_engine(engine)
         else:
             raise TypeError(
-                "attach() takes a sessionmaker, a Session subclass, a Session or an Engine, "
-                f"not {type(target).__qualname__}"
+                "attach() takes a sessionmaker, a Session subclass, a Session or an Engine "
+                f"(or their asyncio counterparts), not {type(target).__qualname__}"
             )
         if target not in self._attached:
             self._attached.append(target)
@@ -158,6 +169,12 @@ class QueryCache:
 
     def detach(self, target: Any) -> None:
         """Undo :meth:`attach` for ``target``."""
+        from . import _aio
+
+        if _aio.is_async_target(target):
+            target = _aio.sync_target(target, create=False)[0]
+            if target is None:
+                return
         target = getattr(target, "sync_engine", target)
         if isinstance(target, Engine):
             target = base_engine(target)
@@ -174,6 +191,8 @@ class QueryCache:
             self.detach(target)
         self._core.release_engines()
         self._core.store.io.close()
+        if self._core.store.io_selector is not None:
+            self._async_router().forget()
 
     # invalidation --------------------------------------------------------------------------
 
@@ -262,6 +281,80 @@ class QueryCache:
         if region is None:
             region = self._regions[name] = make_dogpile_region(self._core, name)
         return region
+
+    # asyncio: awaitable twins of the generic API ---------------------------------------------
+    # Each runs the synchronous implementation in SQLAlchemy's greenlet, where every Redis call
+    # is awaited on the running loop (see _aio): same semantics, the event loop never blocks.
+
+    def _async_router(self) -> LoopRouter:
+        from ._aio import router
+
+        return router(self._core.store)
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        """Awaitable :meth:`get`."""
+        return await self._async_router().run(_generic.get_value, self._core, key, default)
+
+    async def aset(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] | str | None = None,
+        compress: bool | None = None,
+        region: str | None = None,
+    ) -> bool:
+        """Awaitable :meth:`set`."""
+        fn = partial(_generic.set_value, ttl=ttl, tags=tags, compress=compress, region=region)
+        result: bool = await self._async_router().run(fn, self._core, key, value)
+        return result
+
+    async def aget_or_set(
+        self,
+        key: str,
+        creator: Callable[[], Awaitable[T]] | Callable[[], T],
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] | str | None = None,
+        compress: bool | None = None,
+        region: str | None = None,
+    ) -> T:
+        """Awaitable :meth:`get_or_set`; ``creator`` may be a coroutine function.
+
+        Concurrent misses of one loop wait on an asyncio lock while one of them runs
+        ``creator`` (and on the Redis lock across processes).
+        """
+        from ._aio import awaiting
+
+        router = self._async_router()
+        fn = partial(_generic.get_or_set, ttl=ttl, tags=tags, compress=compress, region=region)
+        result: T = await router.run(fn, self._core, key, awaiting(router, creator))
+        return result
+
+    async def adelete(self, key: str) -> bool:
+        """Awaitable :meth:`delete`."""
+        return await self._async_router().run(_generic.delete, self._core, key)
+
+    async def adelete_pattern(self, pattern: str) -> int:
+        """Awaitable :meth:`delete_pattern`."""
+        return await self._async_router().run(_generic.delete_pattern, self._core, pattern)
+
+    async def ainvalidate_tables(self, *tables: str) -> bool:
+        """Awaitable :meth:`invalidate_tables`."""
+        return await self._async_router().run(lambda: self.invalidate_tables(*tables))
+
+    async def ainvalidate_tags(self, *tags: str) -> bool:
+        """Awaitable :meth:`invalidate_tags`."""
+        return await self._async_router().run(lambda: self.invalidate_tags(*tags))
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio Redis connections, then as :meth:`close`.
+
+        Call it from the loop that used the cache, e.g. at the end of a FastAPI lifespan.
+        """
+        await self._async_router().aclose()
+        self.close()
 
     def __repr__(self) -> str:
         return f"<QueryCache namespace={self.config.namespace!r}>"

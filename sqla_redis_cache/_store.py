@@ -199,6 +199,15 @@ class Store:
         return self._io
 
     @property
+    def io_selector(self) -> Callable[[], RedisIO | None] | None:
+        return self._select
+
+    @io_selector.setter
+    def io_selector(self, selector: Callable[[], RedisIO | None] | None) -> None:
+        """Pick the I/O per call (asyncio inside SQLAlchemy's greenlet); None: the default."""
+        self._select = selector
+
+    @property
     def available(self) -> bool:
         return self.breaker.allow()
 

@@ -1,0 +1,359 @@
+"""asyncio: the same cache under ``AsyncSession``, without ever blocking the event loop.
+
+SQLAlchemy runs an ``AsyncSession``'s ORM code, and therefore our session and engine listeners,
+synchronously inside a greenlet it spawned from the event loop; a driver call in there is
+``await_(coroutine)``, which switches back to the loop while the database answers.  The cache
+does exactly the same: the :class:`~._store.Store`'s io selector (:class:`LoopRouter`) hands out,
+inside such a greenlet, an :class:`AsyncIO` whose every command is ``await_(redis.asyncio …)``.
+Everything above the I/O (reader, version tokens, dogpile lock, codec) is the sync code,
+unchanged, so both paths keep the same guarantees by construction.  Outside a greenlet the
+selector answers None and the synchronous client is used: the sync hot path is not touched.
+
+A ``redis.asyncio`` connection belongs to the loop that opened it, so each loop gets its own
+client; clients of closed loops are dropped.
+
+Stampede protection must never hold a threading lock across an await (the deadlock of the plain
+dogpile recipe): :class:`_AsyncMutex` puts an ``asyncio.Lock`` per key and loop in front of the
+Redis lock, so the coroutines of one loop queue on the loop instead of polling Redis, and other
+processes still meet the Redis lock.
+
+greenlet is optional for SQLAlchemy 2.1 (``sqlalchemy[asyncio]``): it is imported only when
+asyncio support is first used, with an error naming the extra if it is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from redis.exceptions import LockError, RedisError
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from ._config import CacheConfig
+from ._store import Mutex, RedisIO, Store
+
+T = TypeVar("T")
+
+MISSING_GREENLET = (
+    "asyncio support needs the 'greenlet' package: install 'sqla-redis-cache[asyncio]' "
+    "(which brings 'sqlalchemy[asyncio]')"
+)
+
+
+def _concurrency() -> tuple[Callable[[Awaitable[Any]], Any], Any, Callable[[], Any]]:
+    """(await_, greenlet_spawn, getcurrent) for the installed SQLAlchemy (2.0 or 2.1)."""
+    try:
+        from greenlet import getcurrent
+    except ImportError as exc:
+        raise ImportError(MISSING_GREENLET) from exc
+    from sqlalchemy.util import concurrency
+
+    await_ = getattr(concurrency, "await_", None) or concurrency.await_only
+    return await_, concurrency.greenlet_spawn, getcurrent
+
+
+def make_async_client(config: CacheConfig) -> Any:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    options: dict[str, Any] = {
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    options.update(config.redis_options)
+    if config.cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(config.url, **options)
+    from redis.asyncio import Redis
+
+    return Redis.from_url(config.url, **options)
+
+
+class AsyncIO:
+    """:class:`~._store.RedisIO` over ``redis.asyncio``, called from SQLAlchemy's greenlet."""
+
+    def __init__(
+        self, client: Any, await_: Callable[[Awaitable[Any]], Any], *, cluster: bool = False
+    ) -> None:
+        self.client = client
+        self.await_ = await_
+        self.cluster = cluster
+        #: per-key asyncio locks of this loop: name -> [lock, users]
+        self.local_locks: dict[str, list[Any]] = {}
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if self.cluster:
+            return list(self.await_(self.client.mget_nonatomic(keys)))
+        return list(self.await_(self.client.execute_command("MGET", *keys)))
+
+    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(self.await_(pipe.execute()))
+
+    def scan_delete(self, match: str) -> int:
+        return int(self.await_(self._scan_delete(match)))
+
+    async def _scan_delete(self, match: str) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=match, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await self._unlink(batch)
+                batch = []
+        if batch:
+            deleted += await self._unlink(batch)
+        return deleted
+
+    async def _unlink(self, keys: list[bytes]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.execute_command("UNLINK", key)
+        return sum(int(r or 0) for r in await pipe.execute())
+
+    def count(self, match: str) -> int:
+        return int(self.await_(self._count(match)))
+
+    async def _count(self, match: str) -> int:
+        return sum([1 async for _ in self.client.scan_iter(match=match, count=1000)])
+
+    def lock(self, name: str, timeout: float, wait: float) -> Mutex:
+        return _AsyncMutex(self, name, timeout, wait)
+
+    def close(self) -> None:
+        self.await_(self.aclose())
+
+    async def aclose(self) -> None:
+        close = getattr(self.client, "aclose", None) or self.client.close
+        await close()
+
+    # local locks (only ever touched from this loop's thread) ---------------------------------
+
+    def _local_lock(self, name: str) -> asyncio.Lock:
+        entry = self.local_locks.get(name)
+        if entry is None:
+            entry = self.local_locks[name] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        lock: asyncio.Lock = entry[0]
+        return lock
+
+    def _unref(self, name: str) -> None:
+        entry = self.local_locks.get(name)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self.local_locks[name]
+
+
+class _AsyncMutex:
+    """dogpile's mutex protocol: an asyncio lock of this loop, then the Redis lock; never raises
+    on Redis trouble (the caller then builds the value itself, as with the sync mutex)."""
+
+    __slots__ = ("__weakref__", "_io", "_local", "_name", "_owned", "_redis_lock", "_wait")
+
+    def __init__(self, io: AsyncIO, name: str, timeout: float, wait: float) -> None:
+        self._io = io
+        self._name = name
+        self._wait = wait
+        self._redis_lock = io.client.lock(
+            name, timeout=timeout, sleep=0.005, blocking_timeout=wait, thread_local=False
+        )
+        self._local: asyncio.Lock | None = None
+        self._owned = False
+
+    def acquire(self, wait: bool = True) -> bool:
+        return bool(self._io.await_(self._acquire(wait)))
+
+    async def _acquire(self, wait: bool) -> bool:
+        io = self._io
+        local = io._local_lock(self._name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait
+        try:
+            if not wait:
+                if local.locked():
+                    io._unref(self._name)
+                    return False
+                await local.acquire()  # free: returns at once
+            else:
+                async with asyncio.timeout(self._wait):
+                    await local.acquire()
+        except TimeoutError:
+            io._unref(self._name)
+            return True  # waited long enough: build without the lock
+        except BaseException:
+            io._unref(self._name)
+            raise
+        self._local = local
+        try:
+            remaining = max(0.0, deadline - loop.time())
+            self._owned = bool(
+                await self._redis_lock.acquire(blocking=wait, blocking_timeout=remaining)
+            )
+        except (RedisError, OSError):
+            return True
+        except BaseException:
+            self._release_local()
+            raise
+        if not self._owned and not wait:
+            self._release_local()
+            return False
+        return True
+
+    def release(self) -> None:
+        owned, self._owned = self._owned, False
+        try:
+            if owned:
+                self._io.await_(self._redis_lock.release())
+        except (LockError, RedisError, OSError):
+            pass  # expired under a slow creator, or Redis went away: nothing to undo
+        finally:
+            self._release_local()
+
+    def _release_local(self) -> None:
+        local, self._local = self._local, None
+        if local is not None:
+            local.release()
+            self._io._unref(self._name)
+
+
+class LoopRouter:
+    """The store's io selector: the running loop's :class:`AsyncIO` inside SQLAlchemy's
+    greenlet, None (the synchronous client) everywhere else."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.await_, self.spawn, self._getcurrent = _concurrency()
+        self.config = config
+        self._ios: dict[asyncio.AbstractEventLoop, AsyncIO] = {}
+        self._last: tuple[asyncio.AbstractEventLoop | None, AsyncIO | None] = (None, None)
+        self._mutex = threading.Lock()
+
+    def __call__(self) -> RedisIO | None:
+        if not getattr(self._getcurrent(), "__sqlalchemy_greenlet_provider__", False):
+            return None
+        return self.current()
+
+    def current(self) -> AsyncIO:
+        loop = asyncio.get_running_loop()
+        last_loop, io = self._last
+        if loop is last_loop and io is not None:
+            return io
+        with self._mutex:
+            io = self._ios.get(loop)
+            if io is None:
+                for old in [lp for lp in self._ios if lp.is_closed()]:
+                    del self._ios[old]
+                client = make_async_client(self.config)
+                io = self._ios[loop] = AsyncIO(client, self.await_, cluster=self.config.cluster)
+            self._last = (loop, io)
+        return io
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a SQLAlchemy greenlet: its Redis calls are awaited on this loop."""
+        result: T = await self.spawn(fn, *args)
+        return result
+
+    async def aclose(self) -> None:
+        """Close the connections of the running loop's client."""
+        loop = asyncio.get_running_loop()
+        with self._mutex:
+            io = self._ios.pop(loop, None)
+            self._last = (None, None)
+        if io is not None:
+            await io.aclose()
+
+    def forget(self) -> None:
+        """Drop every loop's client (sync close: their loops may be gone)."""
+        with self._mutex:
+            self._ios.clear()
+            self._last = (None, None)
+
+
+def router(store: Store) -> LoopRouter:
+    """The store's :class:`LoopRouter`, installed on first use."""
+    selector = store.io_selector
+    if isinstance(selector, LoopRouter):
+        return selector
+    if selector is not None:
+        raise RuntimeError("the store already has another io selector")
+    selector = LoopRouter(store.config)
+    store.io_selector = selector
+    return selector
+
+
+def awaiting(router: LoopRouter, creator: Callable[[], Any]) -> Callable[[], Any]:
+    """``creator`` for greenlet code: an awaitable it returns is awaited on the loop."""
+    await_ = router.await_
+
+    def build() -> Any:
+        value = creator()
+        if inspect.isawaitable(value):
+            value = await_(value)
+        return value
+
+    return build
+
+
+# attach() targets ---------------------------------------------------------------------------
+
+_SCOPED: weakref.WeakKeyDictionary[async_sessionmaker[Any], type[Session]] = (
+    weakref.WeakKeyDictionary()
+)
+_SCOPED_LOCK = threading.Lock()
+
+
+def is_async_target(target: Any) -> bool:
+    return isinstance(target, AsyncEngine | AsyncSession | async_sessionmaker)
+
+
+def _scoped_session_class(maker: async_sessionmaker[Any]) -> type[Session]:
+    """A Session subclass of this maker's own, so listeners reach only its sessions.
+
+    ``AsyncSession`` builds its inner session from ``sync_session_class``, by default the global
+    ``Session`` class itself; listening there would reach every session of the process.
+    """
+    with _SCOPED_LOCK:
+        scoped = _SCOPED.get(maker)
+        if scoped is None:
+            base: type[Session] = (
+                maker.kw.get("sync_session_class") or maker.class_.sync_session_class
+            )
+            scoped = type(base.__name__, (base,), {"__module__": base.__module__})
+            maker.configure(sync_session_class=scoped)
+            _SCOPED[maker] = scoped
+        return scoped
+
+
+def sync_target(target: Any, *, create: bool = True) -> tuple[Any, list[Engine]]:
+    """The synchronous object whose events serve an async ``target``, and its engines.
+
+    With ``create=False`` (detach) an async_sessionmaker never attached gives ``(None, [])``.
+    """
+    if isinstance(target, AsyncEngine):
+        return target.sync_engine, [target.sync_engine]
+    if isinstance(target, AsyncSession):
+        return target.sync_session, _engines(target.sync_session.bind)
+    maker: async_sessionmaker[Any] = target
+    if not create:
+        return _SCOPED.get(maker), []
+    binds = maker.kw.get("binds") or {}
+    return _scoped_session_class(maker), _engines(maker.kw.get("bind"), *binds.values())
+
+
+def _engines(*binds: Any) -> list[Engine]:
+    engines = []
+    for bind in binds:
+        engine = getattr(getattr(bind, "sync_engine", bind), "engine", None)
+        if isinstance(engine, Engine):
+            engines.append(engine)
+    return engines
