@@ -1,6 +1,7 @@
 """Side-by-side benchmark: uncached query, the plain SQLAlchemy caching recipe, this library.
 
-Run with ``sqla-redis-cache bench`` (or ``python -m sqla_redis_cache.bench``).  Each shape is
+Run with ``sqla-redis-cache bench`` (or ``python -m sqla_redis_cache.bench``; ``--async`` for
+the AsyncSession benchmark of :mod:`sqla_redis_cache.bench_async`).  Each shape is
 measured in one process, interleaving the three variants round by round so that machine noise
 hits them alike; each round times a block of ``block`` consecutive executions per variant (the
 steady state of a busy worker), and the report gives medians over rounds and ratios to the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -237,6 +239,11 @@ def _invalidation_cost(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--async" in argv:  # AsyncSession on asyncpg: see bench_async
+        from .bench_async import main as main_async
+
+        return main_async([a for a in argv if a != "--async"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default="postgresql+psycopg2://postgres@127.0.0.1/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")

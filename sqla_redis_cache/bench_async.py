@@ -1,0 +1,182 @@
+"""Async benchmark: ``AsyncSession`` uncached vs. this library, and throughput under concurrency.
+
+Run with ``python -m sqla_redis_cache.bench --async`` (or ``python -m
+sqla_redis_cache.bench_async``).  The shapes, the interleaving of variants round by round and the
+report format are those of :mod:`sqla_redis_cache.bench`; the plain recipe is left out because
+dogpile.cache has no asyncio support (under concurrency it deadlocks, see docs/async.md).
+
+The throughput part runs ``concurrency`` coroutines on one loop, each opening a session and
+reading one row by primary key (ids spread over ``keys`` distinct values, so the cached variant
+serves hits) for ``seconds``; both variants share the same pool size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from ._cache import QueryCache
+from ._options import cached
+from .bench import SHAPES, BenchItem, _FromRecipe, _setup
+
+_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+
+
+def _urls(database_url: str) -> tuple[str, str]:
+    """(sync, async) URLs of the same database."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    sync = url.set(drivername=backend).render_as_string(hide_password=False)
+    driver = _ASYNC_DRIVERS.get(backend)
+    if driver is None:
+        raise ValueError(f"no asyncio driver known for {backend!r}")
+    aurl = url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+    return sync, aurl
+
+
+async def _time(factory: async_sessionmaker[AsyncSession], stmt: Any, entities: bool) -> float:
+    start = time.perf_counter()
+    async with factory() as session:
+        result = await session.execute(stmt)
+        rows = result.scalars().all() if entities else result.all()
+    elapsed = time.perf_counter() - start
+    assert rows
+    return elapsed
+
+
+async def _shapes(
+    plain: async_sessionmaker[AsyncSession],
+    ours: async_sessionmaker[AsyncSession],
+    rounds: int,
+    block: int,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, make in SHAPES.items():
+        entities = name != "group_by_200k"
+        variants = {
+            "uncached": (plain, make(_FromRecipe("none"))),
+            "library": (ours, make(cached())),
+        }
+        for factory, stmt in variants.values():
+            for _ in range(3):
+                await _time(factory, stmt, entities)
+        samples: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(rounds):
+            for label, (factory, stmt) in variants.items():
+                total = 0.0
+                for _ in range(block):
+                    total += await _time(factory, stmt, entities)
+                samples[label].append(total / block)
+        medians = {k: statistics.median(v) for k, v in samples.items()}
+        out[name] = {
+            "median_ms": {k: round(v * 1000, 3) for k, v in medians.items()},
+            "ratio_to_uncached": {k: round(v / medians["uncached"], 3) for k, v in medians.items()},
+        }
+    return out
+
+
+async def _throughput(
+    factory: async_sessionmaker[AsyncSession],
+    option: Any,
+    concurrency: int,
+    seconds: float,
+    keys: int,
+) -> float:
+    """Reads per second of ``concurrency`` coroutines for ``seconds``."""
+    stmts = [select(BenchItem).where(BenchItem.id == i + 1).options(option) for i in range(keys)]
+    for stmt in stmts:  # warm (fills the cache for the cached variant)
+        async with factory() as session:
+            (await session.scalars(stmt)).one()
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < deadline:
+            async with factory() as session:
+                (await session.scalars(stmts[i % keys])).one()
+            done += 1
+            i += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def run_async(
+    database_url: str,
+    redis_url: str,
+    rounds: int = 30,
+    rows: int = 200_000,
+    block: int = 10,
+    concurrency: int = 100,
+    seconds: float = 3.0,
+    pool_size: int = 20,
+) -> dict[str, Any]:
+    sync_url, async_url = _urls(database_url)
+    sync_engine = create_engine(sync_url)
+    _setup(sync_engine, rows)
+    sync_engine.dispose()
+    engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=0)
+    plain = async_sessionmaker(engine)
+    ours = async_sessionmaker(engine)
+    cache = QueryCache.from_url(redis_url, namespace="sqla_cache_bench_async")
+    cache.clear()
+    cache.attach(ours)
+    report: dict[str, Any] = {
+        "driver": make_url(async_url).drivername,
+        "rounds": rounds,
+        "block": block,
+        "rows": rows,
+        "shapes": await _shapes(plain, ours, rounds, block),
+    }
+    uncached = await _throughput(plain, _FromRecipe("none"), concurrency, seconds, 100)
+    hits = await _throughput(ours, cached(), concurrency, seconds, 100)
+    report["throughput"] = {
+        "coroutines": concurrency,
+        "pool_size": pool_size,
+        "reads_per_s": {"uncached": round(uncached), "library": round(hits)},
+        "ratio_to_uncached": round(hits / uncached, 3),
+    }
+    cache.clear()
+    await cache.aclose()
+    await engine.dispose()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default="postgresql+asyncpg://postgres@127.0.0.1/test")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    report = asyncio.run(
+        run_async(
+            args.database_url,
+            args.redis_url,
+            args.rounds,
+            args.rows,
+            args.block,
+            args.concurrency,
+            args.seconds,
+        )
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
