@@ -27,19 +27,19 @@ from ._cache import QueryCache
 from ._options import cached
 from .bench import SHAPES, BenchItem, _FromRecipe, _setup
 
-_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+_DRIVERS = {"postgresql": ("psycopg2", "asyncpg"), "sqlite": ("pysqlite", "aiosqlite")}
 
 
 def _urls(database_url: str) -> tuple[str, str]:
     """(sync, async) URLs of the same database."""
     url = make_url(database_url)
     backend = url.get_backend_name()
-    sync = url.set(drivername=backend).render_as_string(hide_password=False)
-    driver = _ASYNC_DRIVERS.get(backend)
-    if driver is None:
+    if backend not in _DRIVERS:
         raise ValueError(f"no asyncio driver known for {backend!r}")
-    aurl = url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
-    return sync, aurl
+    return tuple(  # type: ignore[return-value]
+        url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+        for driver in _DRIVERS[backend]
+    )
 
 
 async def _time(factory: async_sessionmaker[AsyncSession], stmt: Any, entities: bool) -> float:
