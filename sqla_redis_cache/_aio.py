@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from ._config import CacheConfig
-from ._store import Mutex, RedisIO, Store
+from ._store import Mutex, RedisIO, Store, SyncIO
 
 T = TypeVar("T")
 
@@ -77,17 +77,39 @@ def make_async_client(config: CacheConfig) -> Any:
     return Redis.from_url(config.url, **options)
 
 
-class AsyncIO:
+class _LoopLocks:
+    """Per-key asyncio locks of one loop (only ever touched from that loop's thread)."""
+
+    def __init__(self, await_: Callable[[Awaitable[Any]], Any]) -> None:
+        self.await_ = await_
+        #: name -> [lock, users]
+        self.local_locks: dict[str, list[Any]] = {}
+
+    def _local_lock(self, name: str) -> asyncio.Lock:
+        entry = self.local_locks.get(name)
+        if entry is None:
+            entry = self.local_locks[name] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        lock: asyncio.Lock = entry[0]
+        return lock
+
+    def _unref(self, name: str) -> None:
+        entry = self.local_locks.get(name)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self.local_locks[name]
+
+
+class AsyncIO(_LoopLocks):
     """:class:`~._store.RedisIO` over ``redis.asyncio``, called from SQLAlchemy's greenlet."""
 
     def __init__(
         self, client: Any, await_: Callable[[Awaitable[Any]], Any], *, cluster: bool = False
     ) -> None:
+        super().__init__(await_)
         self.client = client
-        self.await_ = await_
         self.cluster = cluster
-        #: per-key asyncio locks of this loop: name -> [lock, users]
-        self.local_locks: dict[str, list[Any]] = {}
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if self.cluster:
@@ -128,7 +150,10 @@ class AsyncIO:
         return sum([1 async for _ in self.client.scan_iter(match=match, count=1000)])
 
     def lock(self, name: str, timeout: float, wait: float) -> Mutex:
-        return _AsyncMutex(self, name, timeout, wait)
+        redis_lock = self.client.lock(
+            name, timeout=timeout, sleep=0.005, blocking_timeout=wait, thread_local=False
+        )
+        return _AsyncMutex(self, name, wait, redis_lock)
 
     def close(self) -> None:
         self.await_(self.aclose())
@@ -137,37 +162,45 @@ class AsyncIO:
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
 
-    # local locks (only ever touched from this loop's thread) ---------------------------------
 
-    def _local_lock(self, name: str) -> asyncio.Lock:
-        entry = self.local_locks.get(name)
-        if entry is None:
-            entry = self.local_locks[name] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        lock: asyncio.Lock = entry[0]
-        return lock
+class InProcessIO(_LoopLocks):
+    """Any other :class:`~._store.RedisIO` (the in-memory one, a custom one), called as is,
+    with loop-aware locks: its own may be threading locks, fatal when held across an await."""
 
-    def _unref(self, name: str) -> None:
-        entry = self.local_locks.get(name)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self.local_locks[name]
+    def __init__(self, io: RedisIO, await_: Callable[[Awaitable[Any]], Any]) -> None:
+        super().__init__(await_)
+        self.io = io
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self.io.mget(keys)
+
+    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return self.io.pipeline(commands)
+
+    def scan_delete(self, match: str) -> int:
+        return self.io.scan_delete(match)
+
+    def count(self, match: str) -> int:
+        return self.io.count(match)
+
+    def lock(self, name: str, timeout: float, wait: float) -> Mutex:
+        return _AsyncMutex(self, name, wait, None)
+
+    def close(self) -> None:
+        self.io.close()
 
 
 class _AsyncMutex:
-    """dogpile's mutex protocol: an asyncio lock of this loop, then the Redis lock; never raises
-    on Redis trouble (the caller then builds the value itself, as with the sync mutex)."""
+    """dogpile's mutex protocol: an asyncio lock of this loop, then the Redis lock if any; never
+    raises on Redis trouble (the caller then builds the value itself, as with the sync mutex)."""
 
     __slots__ = ("__weakref__", "_io", "_local", "_name", "_owned", "_redis_lock", "_wait")
 
-    def __init__(self, io: AsyncIO, name: str, timeout: float, wait: float) -> None:
+    def __init__(self, io: _LoopLocks, name: str, wait: float, redis_lock: Any) -> None:
         self._io = io
         self._name = name
         self._wait = wait
-        self._redis_lock = io.client.lock(
-            name, timeout=timeout, sleep=0.005, blocking_timeout=wait, thread_local=False
-        )
+        self._redis_lock = redis_lock
         self._local: asyncio.Lock | None = None
         self._owned = False
 
@@ -195,6 +228,8 @@ class _AsyncMutex:
             io._unref(self._name)
             raise
         self._local = local
+        if self._redis_lock is None:
+            return True
         try:
             remaining = max(0.0, deadline - loop.time())
             self._owned = bool(
@@ -231,11 +266,13 @@ class LoopRouter:
     """The store's io selector: the running loop's :class:`AsyncIO` inside SQLAlchemy's
     greenlet, None (the synchronous client) everywhere else."""
 
-    def __init__(self, config: CacheConfig) -> None:
+    def __init__(self, config: CacheConfig, default: RedisIO) -> None:
         self.await_, self.spawn, self._getcurrent = _concurrency()
         self.config = config
-        self._ios: dict[asyncio.AbstractEventLoop, AsyncIO] = {}
-        self._last: tuple[asyncio.AbstractEventLoop | None, AsyncIO | None] = (None, None)
+        #: a redis-py client gets a redis.asyncio twin; any other I/O is used as is
+        self._default = None if isinstance(default, SyncIO) else default
+        self._ios: dict[asyncio.AbstractEventLoop, AsyncIO | InProcessIO] = {}
+        self._last: tuple[Any, AsyncIO | InProcessIO | None] = (None, None)
         self._mutex = threading.Lock()
 
     def __call__(self) -> RedisIO | None:
@@ -243,7 +280,7 @@ class LoopRouter:
             return None
         return self.current()
 
-    def current(self) -> AsyncIO:
+    def current(self) -> AsyncIO | InProcessIO:
         loop = asyncio.get_running_loop()
         last_loop, io = self._last
         if loop is last_loop and io is not None:
@@ -253,10 +290,15 @@ class LoopRouter:
             if io is None:
                 for old in [lp for lp in self._ios if lp.is_closed()]:
                     del self._ios[old]
-                client = make_async_client(self.config)
-                io = self._ios[loop] = AsyncIO(client, self.await_, cluster=self.config.cluster)
+                io = self._ios[loop] = self._new_io()
             self._last = (loop, io)
         return io
+
+    def _new_io(self) -> AsyncIO | InProcessIO:
+        if self._default is not None:
+            return InProcessIO(self._default, self.await_)
+        client = make_async_client(self.config)
+        return AsyncIO(client, self.await_, cluster=self.config.cluster)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a SQLAlchemy greenlet: its Redis calls are awaited on this loop."""
@@ -269,7 +311,7 @@ class LoopRouter:
         with self._mutex:
             io = self._ios.pop(loop, None)
             self._last = (None, None)
-        if io is not None:
+        if isinstance(io, AsyncIO):
             await io.aclose()
 
     def forget(self) -> None:
@@ -286,7 +328,7 @@ def router(store: Store) -> LoopRouter:
         return selector
     if selector is not None:
         raise RuntimeError("the store already has another io selector")
-    selector = LoopRouter(store.config)
+    selector = LoopRouter(store.config, store.io)
     store.io_selector = selector
     return selector
 

@@ -424,3 +424,22 @@ def test_missing_greenlet_names_the_extra(
             asyncio.run(qc.aget("k"))
     finally:
         qc.close()
+
+
+def test_in_memory_backend_under_asyncio(adb: AsyncDb, namespace: str) -> None:
+    """Its threading locks must never be held across an await: concurrent misses of one loop
+    would block the loop on them (the plain recipe's deadlock)."""
+    local = QueryCache.in_memory(namespace=namespace)
+    stmt = BY_ORG.options(cached())
+
+    async def body(loop: Loop) -> None:
+        with loop.counter.expect(1):
+            results = await asyncio.gather(*(names(loop, stmt) for _ in range(10)))
+        assert results == [["user1", "user2", "user3"]] * 10
+        assert await local.aset("k", 1) and await local.aget("k") == 1
+
+    try:
+        run(adb, local, body, timeout=20)
+    finally:
+        local.close()
+    assert (local.stats().hits, local.stats().misses) == (10, 1)  # 9 reads + aget
