@@ -10,7 +10,8 @@ unchanged, so both paths keep the same guarantees by construction.  Outside a gr
 selector answers None and the synchronous client is used: the sync hot path is not touched.
 
 A ``redis.asyncio`` connection belongs to the loop that opened it, so each loop gets its own
-client; clients of closed loops are dropped.
+client; clients of closed loops are dropped.  A cache on another :class:`~._store.RedisIO` (the
+in-process one, a custom one) keeps calling it as is, with loop-aware locks.
 
 Stampede protection must never hold a threading lock across an await (the deadlock of the plain
 dogpile recipe): :class:`_AsyncMutex` puts an ``asyncio.Lock`` per key and loop in front of the
