@@ -190,6 +190,8 @@ class EngineHooks:
             info.setdefault(COMMITTING, set()).update(written)
 
     def rollback(self, conn: Any) -> None:
+        if conn.invalidated:  # e.g. a task cancelled mid-query: its info went with it
+            return
         info = conn.info
         for key in (WRITTEN, COMMITTING, TX_USED):
             info.pop(key, None)
