@@ -443,3 +443,24 @@ def test_in_memory_backend_under_asyncio(adb: AsyncDb, namespace: str) -> None:
     finally:
         local.close()
     assert (local.stats().hits, local.stats().misses) == (10, 1)  # 9 reads + aget
+
+
+def test_cancelled_miss_releases_its_locks(apg: AsyncDb, cache: QueryCache) -> None:
+    """A request cancelled mid-miss (a client hung up) must not leave the key locked."""
+    slow = select(User.name, func.pg_sleep(0.3)).where(User.id == 2).options(cached())
+
+    async def read(loop: Loop) -> str:
+        async with loop.Session() as s:
+            return (await s.execute(slow)).one()[0]
+
+    async def body(loop: Loop) -> float:
+        victim = asyncio.create_task(read(loop))
+        await asyncio.sleep(0.1)  # it holds the locks and waits on the database
+        victim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        started = time.perf_counter()
+        assert await read(loop) == "user2"
+        return time.perf_counter() - started
+
+    assert run(apg, cache, body) < 2.0  # not lock_wait (10 s): nothing was left locked
