@@ -17,7 +17,7 @@ from dogpile.cache.region import CacheRegion
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _generic
+from . import _generic, _memoize
 from ._backend import make_dogpile_region
 from ._codec import EntryCodec
 from ._config import CacheConfig
@@ -26,14 +26,18 @@ from ._keys import KeyBuilder
 from ._options import _clean
 from ._reader import Reader
 from ._session import SessionHooks
-from ._stats import CacheStats, StatsRecorder
+from ._stats import CacheStats, StatsFlusher, StatsRecorder, stats_from_hash
 from ._store import FAILED, RedisIO, Store, SyncIO, make_sync_client
 from ._versions import Versions
+from ._warmup import WarmupRegistry
 
 if TYPE_CHECKING:
     from ._aio import LoopRouter
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+#: how long the shared statistics of an idle namespace are kept
+STATS_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 class Core:
@@ -114,6 +118,8 @@ class QueryCache:
         self._core = Core(self.config, io)
         self._attached: list[Any] = []
         self._regions: dict[str, CacheRegion] = {}
+        self._warmup = WarmupRegistry()
+        self._flusher = StatsFlusher(self.flush_stats, self.config.stats_interval)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sqlacache", **settings: Any) -> QueryCache:
@@ -135,6 +141,7 @@ class QueryCache:
         """
         from ._memory import MemoryIO
 
+        settings.setdefault("stats_interval", 0)
         return cls(CacheConfig(namespace=namespace, **settings), io=MemoryIO())
 
     # wiring --------------------------------------------------------------------------------
@@ -165,6 +172,7 @@ class QueryCache:
             )
         if target not in self._attached:
             self._attached.append(target)
+        self._flusher.start()
         return self
 
     def detach(self, target: Any) -> None:
@@ -190,6 +198,9 @@ class QueryCache:
         for target in list(self._attached):
             self.detach(target)
         self._core.release_engines()
+        self._flusher.stop()
+        if self.config.stats_interval:
+            self.flush_stats()
         self._core.store.io.close()
         if self._core.store.io_selector is not None:
             self._async_router().forget()
@@ -223,8 +234,11 @@ class QueryCache:
     def stats(self) -> CacheStats:
         return self._core.stats.snapshot()
 
-    def reset_stats(self) -> None:
+    def reset_stats(self, *, shared: bool = False) -> None:
+        """Zero this process's counters; with ``shared=True`` the shared ones as well."""
         self._core.stats.reset()
+        if shared:
+            self._core.store.pipeline([("UNLINK", self._stats_key)])
 
     def ping(self) -> bool:
         """True when Redis answers (bypasses the circuit breaker)."""
@@ -355,6 +369,86 @@ class QueryCache:
         """
         await self._async_router().aclose()
         self.close()
+
+    # operations: shared statistics, memoize, warm-up (issue 6) -----------------------------
+
+    @property
+    def _stats_key(self) -> str:
+        return self._core.keys.prefix + "stats"
+
+    def flush_stats(self) -> bool:
+        """Add this process's counters since the last flush to the shared statistics now.
+
+        ``attach()`` starts a thread doing this every ``stats_interval`` seconds; call it
+        yourself before a short-lived process exits.  False if Redis was unavailable.
+        """
+        delta, commit = self._core.stats.drain()
+        if not delta:
+            return True
+        key = self._stats_key
+        commands: list[tuple[Any, ...]] = [("HINCRBY", key, f, n) for f, n in delta.items()]
+        commands.append(("PEXPIRE", key, STATS_TTL_MS))
+        try:
+            reply = self._core.store.pipeline(commands)
+        except NotImplementedError:  # the in-process backend keeps statistics local
+            return False
+        if reply is FAILED:
+            return False
+        commit()
+        return True
+
+    def shared_stats(self) -> CacheStats | None:
+        """Statistics of every process of this namespace (after flushing this one's).
+
+        Percentiles are bounds of a fixed histogram (see ``_stats``).  None if Redis is down.
+        """
+        self.flush_stats()
+        try:
+            reply = self._core.store.pipeline([("HGETALL", self._stats_key)])
+        except NotImplementedError:
+            return None
+        return None if reply is FAILED else stats_from_hash(reply[0] or {})
+
+    def memoize(
+        self,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] | str | None = None,
+        region: str | None = None,
+        key: Callable[..., str] | None = None,
+    ) -> Callable[[F], F]:
+        """Cache a function's results (sync or ``async def``) by its arguments.
+
+        ::
+
+            @cache.memoize(ttl=86400, tags=["ai"], region="ai_response")
+            def complete(prompt: str, temperature: float = 0.7) -> str: ...
+
+            complete.invalidate("hello")          # drop one entry
+            cache.invalidate_tags("ai")           # drop them all
+
+        One caller computes a missing value while the others wait (stampede lock).  Arguments
+        must be plain values (numbers, strings, dates, lists/dicts of them) unless ``key`` is
+        given: ``key(*args, **kwargs) -> str``.
+        """
+        self._flusher.start()
+        return _memoize.memoize(self._core, ttl=ttl, tags=tags, region=region, key=key)
+
+    def register_warmup(
+        self, fn: Callable[[], Any] | None = None, *, name: str | None = None
+    ) -> Any:
+        """Register a callable that fills hot entries; usable as a decorator.
+
+        ``sqla-redis-cache warm --app module:cache`` and the status API's ``warm-up`` action
+        run them all (see :meth:`warm`).
+        """
+        if fn is None:
+            return lambda f: self._warmup.register(f, name)
+        return self._warmup.register(fn, name)
+
+    def warm(self) -> dict[str, dict[str, Any]]:
+        """Run every warm-up callable; ``{name: {"ok": bool, "result" | "error": ...}}``."""
+        return self._warmup.run()
 
     def __repr__(self) -> str:
         return f"<QueryCache namespace={self.config.namespace!r}>"

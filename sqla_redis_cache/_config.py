@@ -87,6 +87,9 @@ class CacheConfig:
     #: decoded immutable query results kept in process (still validated against Redis on
     #: every read; saves decoding only); 0 disables
     near_cache_size: int = 512
+    #: seconds between flushes of this process's statistics to the shared ``<ns>:stats`` hash
+    #: (a background thread started by ``attach()``); 0 keeps statistics local
+    stats_interval: float = 10.0
     #: extra keyword arguments for the redis-py client
     redis_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -101,6 +104,8 @@ class CacheConfig:
             raise ConfigurationError("compress_threshold must be >= 0")
         if self.lock_timeout <= 0 or self.lock_wait < 0:
             raise ConfigurationError("lock_timeout must be > 0 and lock_wait >= 0")
+        if self.stats_interval < 0:
+            raise ConfigurationError("stats_interval must be >= 0 (0 disables shared stats)")
 
     def region(self, name: str | None) -> RegionConfig:
         try:

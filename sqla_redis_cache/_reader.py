@@ -139,9 +139,9 @@ class Reader:
         ):
             self.stats.hit(time.perf_counter() - started)
             return opened[1], True  # type: ignore[no-any-return]
-        return _Fill(self, keys, values, build, ttl, encode, decode, compress, keep_local).run(
-            lock_name or key + ":lock", refresh_after, started
-        )
+        fill = _Fill(self, keys, values, build, ttl, encode, decode, compress, keep_local)
+        fill.aged = opened is not None
+        return fill.run(lock_name or key + ":lock", refresh_after, started)
 
 
 class _Fill(Generic[T]):
@@ -170,6 +170,7 @@ class _Fill(Generic[T]):
         self.decode = decode
         self.compress = compress
         self.keep_local = keep_local
+        self.aged = False
 
     def value_and_created(self) -> tuple[T, float]:
         if self.first:
@@ -218,5 +219,8 @@ class _Fill(Generic[T]):
         if self.built:
             reader.stats.misses += 1
             return result, False
-        reader.stats.hit(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if not self.aged:  # missed, then got another caller's value: we waited on its lock
+            reader.stats.lock_waited(elapsed)
+        reader.stats.hit(elapsed)
         return result, True

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 
 from ._store import FAILED, Store
@@ -70,15 +71,16 @@ class Versions:
             self._pending = set()
         if not keys:
             return True
+        started = time.perf_counter()
         replies = self.store.pipeline(
             [("SET", key, new_token(), "PX", self._ttl_ms) for key in sorted(keys)]
         )
-        if replies is FAILED:
+        ok = replies is not FAILED
+        self.store.stats.invalidated(len(keys), ok, time.perf_counter() - started)
+        if not ok:
             with self._lock:
                 self._pending |= keys
-            return False
-        self.store.stats.invalidations += len(keys)
-        return True
+        return ok
 
     @property
     def has_pending(self) -> bool:

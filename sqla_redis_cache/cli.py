@@ -1,14 +1,27 @@
 """The ``sqla-redis-cache`` command line.
 
 Each command is a thin shell over the public API; errors that a user can fix (a bad URL, an
-unreachable server) are printed as one line with a non-zero exit code, never a traceback.
+unreachable server, a wrong ``--app``) are printed as one line with a non-zero exit code, never a
+traceback.  The operator commands (``status``, ``clear``, ``stats``, ``reset-stats``, ``warm``)
+find the cache the same way: ``--app module:attribute`` names the application's own
+:class:`~sqla_redis_cache.QueryCache` (needed by ``warm``, whose callables the application
+registers), else ``--redis-url``/``--namespace``, else the environment variables of
+``QueryCache.from_env`` (``REDIS_URL`` or ``REDIS_HOST``/``PORT``/..., ``SQLA_CACHE_NAMESPACE``).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from ._config import ConfigurationError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -58,6 +71,220 @@ def bench(database_url: str, redis_url: str, rounds: int, block: int, rows: int)
             f"--rows={rows}",
         ]
     )
+
+
+# operator commands ---------------------------------------------------------------------------
+
+
+def _load_app(spec: str) -> Any:
+    from ._cache import QueryCache
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise click.ClickException(f"--app must look like 'package.module:attribute', not {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise click.ClickException(f"cannot load --app {spec}: {exc}") from None
+    if callable(target) and not isinstance(target, QueryCache):
+        target = target()
+    if not isinstance(target, QueryCache):
+        raise click.ClickException(f"--app {spec} is a {type(target).__name__}, not a QueryCache")
+    return target
+
+
+def _connect(app: str | None, redis_url: str | None, namespace: str) -> Any:
+    from ._cache import QueryCache
+    from ._ops import connection_error
+
+    try:
+        if app:
+            cache = _load_app(app)
+        elif redis_url:
+            cache = QueryCache.from_url(redis_url, namespace=namespace, stats_interval=0)
+        else:
+            cache = QueryCache.from_env(namespace=namespace, stats_interval=0)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    problem = connection_error(cache)
+    if problem:
+        raise click.ClickException(problem)
+    return cache
+
+
+def _operator(fn: F) -> F:
+    """Adds the connection options; passes a connected ``cache`` to the command."""
+
+    @click.option("--app", envvar="SQLA_CACHE_APP", help="The app's QueryCache, 'module:attr'.")
+    @click.option("--redis-url", envvar="REDIS_URL", help="Redis URL (env REDIS_URL).")
+    @click.option(
+        "--namespace",
+        envvar="SQLA_CACHE_NAMESPACE",
+        default="sqlacache",
+        show_default=True,
+        help="Key namespace (env SQLA_CACHE_NAMESPACE).",
+    )
+    @functools.wraps(fn)
+    def command(app: str | None, redis_url: str | None, namespace: str, **kw: Any) -> Any:
+        cache = _connect(app, redis_url, namespace)
+        try:
+            return fn(cache, **kw)
+        finally:
+            if not app:
+                cache.close()
+
+    return command  # type: ignore[return-value]
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _stats_lines(stats: dict[str, Any]) -> None:
+    click.echo(
+        f"  hit rate {stats['hit_rate'] * 100:6.2f}%   hits {stats['hits']}   "
+        f"misses {stats['misses']}   errors {stats['errors']}"
+    )
+    click.echo(
+        f"  bypasses {stats['bypasses']}   uncacheable {stats['uncacheable']}   "
+        f"corrupt {stats['corrupt']}   invalidations {stats['invalidations']}   "
+        f"lock waits {stats['lock_waits']}"
+    )
+    click.echo(
+        f"  hit latency ms p50 {stats['latency_p50_ms']:g}   p95 {stats['latency_p95_ms']:g}   "
+        f"p99 {stats['latency_p99_ms']:g}"
+    )
+
+
+@main.command()
+@_operator
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(cache: Any, as_json: bool) -> None:
+    """Connection, server, memory and entries of the namespace, hit rate and errors."""
+    from ._ops import status as status_report
+
+    report = status_report(cache)
+    if as_json:
+        _emit_json(report)
+        return
+    server = report.get("server") or {}
+    click.echo(
+        f"redis      : {report['redis_url']} ({'connected' if report['connected'] else 'DOWN'})"
+    )
+    click.echo(
+        f"server     : {server.get('version')} {server.get('mode') or ''}, "
+        f"role {server.get('role')}"
+    )
+    click.echo(f"namespace  : {report['namespace']}")
+    click.echo(f"memory     : {report.get('memory_bytes', 0)} bytes in this namespace")
+    entries = report.get("entries") or {}
+    click.echo("entries    : " + ", ".join(f"{k} {v}" for k, v in entries.items()))
+    if report["shared_stats"] is not None:
+        click.echo("stats (all processes):")
+        _stats_lines(report["shared_stats"])
+
+
+@main.command()
+@_operator
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats(cache: Any, as_json: bool) -> None:
+    """Hits, misses, errors and latency of every process sharing the namespace."""
+    shared = cache.shared_stats()
+    if shared is None:
+        raise click.ClickException("could not read the shared statistics from Redis")
+    if as_json:
+        _emit_json(shared.as_dict())
+        return
+    click.echo(f"namespace {cache.config.namespace} (all processes):")
+    _stats_lines(shared.as_dict())
+
+
+@main.command("reset-stats")
+@_operator
+def reset_stats(cache: Any) -> None:
+    """Zero the shared statistics of the namespace."""
+    cache.reset_stats(shared=True)
+    click.echo(f"statistics of namespace {cache.config.namespace} reset")
+
+
+@main.command()
+@_operator
+@click.option("--all", "everything", is_flag=True, help="Everything in the namespace.")
+@click.option("--queries", is_flag=True, help="Cached query results.")
+@click.option("--entities", is_flag=True, help="Cached entities.")
+@click.option("--table", "tables", multiple=True, help="Results that read table T (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Entries tagged T (repeatable).")
+@click.option("--pattern", "patterns", multiple=True, help="Generic keys matching glob P.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def clear(
+    cache: Any,
+    everything: bool,
+    queries: bool,
+    entities: bool,
+    tables: tuple[str, ...],
+    tags: tuple[str, ...],
+    patterns: tuple[str, ...],
+    yes: bool,
+) -> None:
+    """Invalidate or delete cached entries (asks first unless --yes)."""
+    from ._ops import clear as clear_entries
+
+    if not (everything or queries or entities or tables or tags or patterns):
+        raise click.UsageError(
+            "say what to clear: --all, --queries, --entities, --table, --tag or --pattern"
+        )
+    what = (
+        "EVERYTHING"
+        if everything
+        else ", ".join(
+            [*(["queries"] if queries else []), *(["entities"] if entities else [])]
+            + [f"table {t}" for t in tables]
+            + [f"tag {t}" for t in tags]
+            + [f"pattern {p}" for p in patterns]
+        )
+    )
+    if not yes:
+        click.confirm(f"Clear {what} in namespace {cache.config.namespace}?", abort=True)
+    try:
+        done = clear_entries(
+            cache,
+            everything=everything,
+            queries=queries,
+            entities=entities,
+            tables=tables,
+            tags=tags,
+            patterns=patterns,
+        )
+    except (TypeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, count in done.items():
+        if count < 0:
+            raise click.ClickException(f"clearing {name} failed: Redis became unavailable")
+        click.echo(f"cleared {name}: {count}")
+
+
+@main.command()
+@_operator
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def warm(cache: Any, as_json: bool) -> None:
+    """Run the warm-up callables the application registered (needs --app)."""
+    report = cache.warm()
+    if not report:
+        raise click.ClickException(
+            "no warm-up callables registered: pass --app module:cache (the application's "
+            "QueryCache, with cache.register_warmup(...) done at import)"
+        )
+    if as_json:
+        _emit_json(report)
+    else:
+        for name, outcome in report.items():
+            detail = outcome.get("error") if not outcome["ok"] else outcome.get("result")
+            mark = "ok  " if outcome["ok"] else "FAIL"
+            click.echo(f"{mark} {name} {'' if detail is None else detail}".rstrip())
+    if not all(o["ok"] for o in report.values()):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
