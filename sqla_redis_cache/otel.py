@@ -1,0 +1,102 @@
+"""OpenTelemetry metrics and spans for a cache (optional: ``opentelemetry-api``).
+
+::
+
+    from sqla_redis_cache.otel import instrument
+
+    instrumentation = instrument(cache)      # global meter and tracer providers by default
+
+Metrics are observable counters (``sqla_redis_cache.hits``, ``.misses``, ``.errors``,
+``.invalidations``, ``.lock_waits``, ...) and a gauge of hit latency percentiles, all read from
+the cache's counters when the SDK collects: the hit path does no extra work.  Spans are recorded
+for the slow events only, after they happened and with their real start and end times:
+``sqla_redis_cache.invalidate`` (a commit or ``invalidate_*`` replacing tokens; status ERROR
+when Redis failed) and ``sqla_redis_cache.lock_wait`` (a lookup that waited for another caller
+to build its entry).  Query spans themselves come from SQLAlchemy's own instrumentation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from ._cache import QueryCache
+from ._stats import COUNTERS, Observer
+
+SCOPE = "sqla_redis_cache"
+
+
+class _SpanObserver(Observer):
+    def __init__(self, tracer: Any, attributes: dict[str, str]) -> None:
+        self.tracer = tracer
+        self.attributes = attributes
+
+    def _span(self, name: str, seconds: float, **attributes: Any) -> Any:
+        end = time.time_ns()
+        span = self.tracer.start_span(
+            name, start_time=end - int(seconds * 1e9), attributes={**self.attributes, **attributes}
+        )
+        return span, end
+
+    def invalidated(self, keys: int, ok: bool, seconds: float) -> None:
+        span, end = self._span(f"{SCOPE}.invalidate", seconds, **{"cache.keys": keys})
+        if not ok:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "Redis unavailable"))
+        span.end(end_time=end)
+
+    def lock_waited(self, seconds: float) -> None:
+        span, end = self._span(f"{SCOPE}.lock_wait", seconds)
+        span.end(end_time=end)
+
+
+class Instrumentation:
+    """What :func:`instrument` installed; :meth:`uninstrument` stops the spans."""
+
+    def __init__(self, cache: QueryCache, observer: _SpanObserver) -> None:
+        self.cache = cache
+        self.observer = observer
+
+    def uninstrument(self) -> None:
+        stats = self.cache._core.stats
+        if stats.observer is self.observer:
+            stats.observer = None
+
+
+def instrument(
+    cache: QueryCache,
+    *,
+    meter_provider: metrics.MeterProvider | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> Instrumentation:
+    """Report ``cache``'s metrics and slow-path spans through OpenTelemetry."""
+    attributes = {"cache.namespace": cache.config.namespace}
+    meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
+    recorder = cache._core.stats
+
+    def counter(name: str) -> Any:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(getattr(recorder, name), attributes)
+
+        return observe
+
+    for name in COUNTERS:
+        meter.create_observable_counter(f"{SCOPE}.{name}", callbacks=[counter(name)], unit="1")
+
+    def latency(options: CallbackOptions) -> Iterable[Observation]:
+        stats = cache.stats()
+        for q, value in (
+            ("0.5", stats.latency_p50_ms),
+            ("0.95", stats.latency_p95_ms),
+            ("0.99", stats.latency_p99_ms),
+        ):
+            yield Observation(value, {**attributes, "quantile": q})
+
+    meter.create_observable_gauge(f"{SCOPE}.hit_latency", callbacks=[latency], unit="ms")
+    tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+    observer = _SpanObserver(tracer, attributes)
+    recorder.observer = observer
+    return Instrumentation(cache, observer)

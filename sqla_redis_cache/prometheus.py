@@ -1,0 +1,68 @@
+"""Prometheus metrics for a cache (optional extra ``prometheus``: prometheus-client).
+
+A custom collector reads the cache's counters at scrape time, so nothing is added to any query
+path::
+
+    from prometheus_client import REGISTRY
+    from sqla_redis_cache.prometheus import CacheCollector
+
+    REGISTRY.register(CacheCollector(cache))               # this process
+    REGISTRY.register(CacheCollector(cache, shared=True))  # every process of the namespace
+
+``shared=True`` reads the namespace's shared statistics from Redis (one round trip per scrape);
+expose it from one place only, or the sums count every process once per scraper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ._cache import QueryCache
+from ._stats import COUNTERS
+
+_HELP = {
+    "hits": "Cache lookups answered from Redis",
+    "misses": "Cache lookups that went to the database or creator",
+    "errors": "Redis errors (each made a lookup or write fall back)",
+    "bypasses": "Reads that skipped the cache (own writes, snapshot isolation, Redis down)",
+    "uncacheable": "Statements or values that could not be cached",
+    "corrupt": "Entries rejected as corrupt or tampered",
+    "invalidations": "Table and tag version tokens replaced",
+    "lock_waits": "Lookups that waited for another caller building the same entry",
+}
+
+
+class CacheCollector(Collector):
+    def __init__(
+        self, cache: QueryCache, *, shared: bool = False, prefix: str = "sqla_redis_cache"
+    ) -> None:
+        self.cache = cache
+        self.shared = shared
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.cache.shared_stats() if self.shared else self.cache.stats()
+        if stats is None:
+            return
+        labels = ["namespace", "scope"]
+        values = [self.cache.config.namespace, "shared" if self.shared else "process"]
+        for name in COUNTERS:
+            family = CounterMetricFamily(f"{self.prefix}_{name}", _HELP[name], labels=labels)
+            family.add_metric(values, getattr(stats, name))
+            yield family
+        rate = GaugeMetricFamily(f"{self.prefix}_hit_ratio", "Hits over lookups", labels=labels)
+        rate.add_metric(values, stats.hit_rate)
+        yield rate
+        latency = GaugeMetricFamily(
+            f"{self.prefix}_hit_latency_ms",
+            "Cache hit latency percentiles, milliseconds",
+            labels=[*labels, "quantile"],
+        )
+        for q, v in (("0.5", stats.latency_p50_ms), ("0.95", stats.latency_p95_ms)):
+            latency.add_metric([*values, q], v)
+        latency.add_metric([*values, "0.99"], stats.latency_p99_ms)
+        yield latency
