@@ -141,7 +141,7 @@ def memoize(
     key: Callable[..., str] | None = None,
 ) -> Callable[[F], F]:
     clean_tags = _clean("tags", tags)
-    core.config.region(region)  # unknown region: fail at decoration time
+    _generic._ttl(core, ttl, region)  # bad ttl or unknown region: fail here, not at call time
 
     def decorate(fn: F) -> F:
         memo = _Memo(core, fn, ttl, clean_tags, region, key)

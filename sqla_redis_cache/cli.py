@@ -88,8 +88,6 @@ def _load_app(spec: str) -> Any:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise click.ClickException(f"cannot load --app {spec}: {exc}") from None
-    if callable(target) and not isinstance(target, QueryCache):
-        target = target()
     if not isinstance(target, QueryCache):
         raise click.ClickException(f"--app {spec} is a {type(target).__name__}, not a QueryCache")
     return target
