@@ -175,7 +175,10 @@ def test_status_api_get_and_actions(cache: QueryCache) -> None:
         response = client.post("/api/cache/status", json={"action": action}, headers=admin)
         return response.status_code, response.json()
 
-    assert post("warm-up") == (200, {"action": "warm-up", "result": {"hot": {"ok": True, "result": 1}}})
+    assert post("warm-up") == (
+        200,
+        {"action": "warm-up", "result": {"hot": {"ok": True, "result": 1}}},
+    )
     assert warmed == [1]
     assert post("reset-stats")[0] == 200 and cache.stats().hits == 0
     assert post("clear-db")[0] == 200 and cache.get("k") == 1  # generic values stay
