@@ -86,7 +86,7 @@ def test_get_is_served_from_redis_until_an_unsafe_request(cache: QueryCache) -> 
 
 
 def test_failed_unsafe_request_does_not_revalidate(cache: QueryCache) -> None:
-    client, calls = make_app(cache, tags=["items"], revalidate=["dashboard"])
+    client, _ = make_app(cache, tags=["items"], revalidate=["dashboard"])
     client.get("/api/items")
     client.post("/api/items?status=500")
     assert client.get("/api/items").headers["x-cache"] == "HIT"

@@ -196,6 +196,7 @@ def test_bad_input_is_one_line_exit_1_no_traceback(args: list[str], message: str
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     assert message in proc.stderr
