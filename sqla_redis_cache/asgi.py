@@ -138,6 +138,8 @@ class CacheMiddleware:
                 await send({"type": "http.response.body", "body": bytes(body)})
                 return
             core.stats.misses += 1
+        else:
+            core.stats.bypasses += 1
         await self._fill(scope, receive, send, key, deps, tags, values)
 
     async def _fill(

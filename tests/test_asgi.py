@@ -138,6 +138,7 @@ def test_redis_down_passes_requests_through() -> None:
         assert client.get("/api/items").status_code == 200
     assert client.post("/api/items").status_code == 200
     assert calls["items"] == 3
+    assert cache.stats().bypasses == 3 and cache.stats().errors >= 1
     cache.close()
 
 
