@@ -227,7 +227,10 @@ class QueryCache:
         from ._keys import escape_glob
 
         deleted = core.store.call(core.store.io.scan_delete, escape_glob(core.keys.prefix) + "*")
-        return -1 if deleted is FAILED else int(deleted)
+        if deleted is FAILED:
+            return -1
+        core.stats.drain()[1]()  # the shared stats went too: do not resurrect them on close
+        return int(deleted)
 
     # statistics ----------------------------------------------------------------------------
 

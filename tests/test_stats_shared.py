@@ -129,6 +129,19 @@ def test_failed_flush_keeps_increments_for_the_next_one(redis_url: str) -> None:
         _services.stop(proc)
 
 
+def test_clear_then_close_leaves_no_key_behind(redis_url: str, namespace: str) -> None:
+    cache = QueryCache.from_url(redis_url, namespace=namespace)
+    cache.set("k", 1)
+    cache.get("k")
+    assert cache.flush_stats()
+    cache.get("k")
+    cache.clear()
+    cache.close()  # flushes only what happened after the clear: nothing
+    client = redis.Redis.from_url(redis_url)
+    assert not list(client.scan_iter(match=f"{namespace}:*"))
+    client.close()
+
+
 def test_stats_interval_must_not_be_negative() -> None:
     with pytest.raises(ConfigurationError):
         QueryCache.from_url("redis://localhost", stats_interval=-1)
