@@ -9,37 +9,28 @@ time, never a silent collision; pass ``key=`` to derive the key yourself (e.g. f
 Entries are generic values (``<ns>:k:memo:<name>:<digest>``), so tags, ``invalidate_tags``,
 ``clear()`` and ``delete_pattern("memo:*")`` reach them.  Synchronous functions go through the
 shared read-through (one round trip per hit, a Redis lock so one caller builds a missing value).
-Coroutine functions do the same without ever blocking the event loop on the lock: the builder
-holds the Redis lock while it awaits, the others poll the entry with ``asyncio.sleep`` until it
-appears or ``lock_wait`` passes.  Their Redis commands are the store's short, timeout-bounded
-synchronous calls.
+Coroutine functions take the very same path through the cache's asyncio support (``_aio``):
+Redis commands are awaited on the running loop and concurrent callers of one loop queue on an
+``asyncio.Lock`` in front of the Redis lock, so the event loop never blocks (this needs the
+``asyncio`` extra, which brings greenlet).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import inspect
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _generic
 from ._keys import UnkeyableParameter, fingerprint_parameters
 from ._options import _clean
-from ._store import FAILED
 
 if TYPE_CHECKING:
     from ._cache import Core
 
 F = TypeVar("F", bound=Callable[..., Any])
-_POLL_SECONDS = 0.01
-
-
-def _decode(payload: Any) -> Any:
-    return payload[1]
-
 
 class _Memo:
     """What a memoized function needs to find, build and invalidate its entries."""
@@ -85,48 +76,13 @@ class _Memo:
         )  # fmt: skip
 
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        core = self.core
-        stats = core.stats
-        redis_key = core.keys.generic(self.key(args, kwargs))
-        keys = [redis_key, *self.deps]
-        started = time.perf_counter()
-        deadline = time.monotonic() + core.config.lock_wait
-        mutex = None
-        try:
-            while True:
-                values = core.store.mget(keys)
-                if values is FAILED:
-                    stats.bypasses += 1
-                    return await self.fn(*args, **kwargs)
-                opened = core.reader._open(redis_key, values, _decode, None)
-                if opened is not None:
-                    elapsed = time.perf_counter() - started
-                    if mutex is not None:
-                        stats.lock_waited(elapsed)
-                    stats.hit(elapsed)
-                    return opened[1]
-                if mutex is None:
-                    mutex = core.store.lock(redis_key + ":lock")
-                    if mutex.acquire(wait=False):
-                        return await self._build(keys, values, args, kwargs)
-                if time.monotonic() >= deadline:  # the builder is too slow: do it ourselves
-                    return await self._build(keys, values, args, kwargs)
-                await asyncio.sleep(_POLL_SECONDS)
-        finally:
-            if mutex is not None:
-                mutex.release()
+        from ._aio import awaiting, router
 
-    async def _build(
-        self, keys: list[str], values: list[bytes | None], args: Any, kwargs: Any
-    ) -> Any:
-        core = self.core
-        stamps = core.versions.ensure(keys[1:], values[1:])
-        value = await self.fn(*args, **kwargs)
-        core.stats.misses += 1
-        if stamps is not None:
-            entry = _generic.seal_value(core, stamps, self.tags, value, None)
-            core.store.pipeline([("SET", keys[0], entry, "PX", max(1, int(self.ttl * 1000)))])
-        return value
+        loop_router = router(self.core.store)
+        key = self.key(args, kwargs)
+        read = functools.partial(_generic.get_or_set, ttl=self.ttl, tags=self.tags)
+        creator = awaiting(loop_router, lambda: self.fn(*args, **kwargs))
+        return await loop_router.run(read, self.core, key, creator)
 
     def invalidate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return _generic.delete(self.core, self.key(args, kwargs))
