@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 class _Memo:
     """What a memoized function needs to find, build and invalidate its entries."""
 

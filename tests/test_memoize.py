@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -14,6 +15,15 @@ import redis
 from sqla_redis_cache import ConfigurationError, QueryCache
 
 from . import _services
+
+
+@pytest.fixture
+def patient_cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
+    """Timing-sensitive tests: generous timeouts so a loaded machine cannot fail Redis open."""
+    qc = QueryCache.from_url(redis_url, namespace=namespace, connect_timeout=2, socket_timeout=2)
+    yield qc
+    qc.clear()
+    qc.close()
 
 
 def test_sync_results_are_shared_between_caches(redis_url: str, namespace: str) -> None:
@@ -96,7 +106,8 @@ def test_unkeyable_argument_is_a_clear_error_and_stores_nothing(
         cache.memoize(ttl=0)
 
 
-def test_sync_stampede_runs_the_function_once(cache: QueryCache) -> None:
+def test_sync_stampede_runs_the_function_once(patient_cache: QueryCache) -> None:
+    cache = patient_cache
     calls = []
 
     @cache.memoize()
@@ -115,7 +126,8 @@ def test_sync_stampede_runs_the_function_once(cache: QueryCache) -> None:
     assert cache.stats().lock_waits == 3
 
 
-def test_async_stampede_runs_once_without_blocking_the_loop(cache: QueryCache) -> None:
+def test_async_stampede_runs_once_without_blocking_the_loop(patient_cache: QueryCache) -> None:
+    cache = patient_cache
     calls = []
 
     @cache.memoize(ttl=30)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,6 +23,15 @@ from sqla_redis_cache.prometheus import CacheCollector
 from . import _services
 from .conftest import Database
 from .models import User
+
+
+@pytest.fixture
+def patient_cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
+    """Timing-sensitive tests: generous timeouts so a loaded machine cannot fail Redis open."""
+    qc = QueryCache.from_url(redis_url, namespace=namespace, connect_timeout=2, socket_timeout=2)
+    yield qc
+    qc.clear()
+    qc.close()
 
 
 def traffic(db: Database, cache: QueryCache) -> None:
@@ -68,7 +79,8 @@ def test_prometheus_collector_process_and_shared(pg: Database, cache: QueryCache
     assert "# TYPE sqla_redis_cache_lock_waits_total counter" in text
 
 
-def test_prometheus_collector_counts_lock_waits_and_errors(cache: QueryCache) -> None:
+def test_prometheus_collector_counts_lock_waits_and_errors(patient_cache: QueryCache) -> None:
+    cache = patient_cache
     stampede(cache)
     registry = CollectorRegistry()
     registry.register(CacheCollector(cache))
@@ -89,7 +101,8 @@ def test_prometheus_collector_counts_lock_waits_and_errors(cache: QueryCache) ->
     down.close()
 
 
-def test_opentelemetry_metrics_and_spans(pg: Database, cache: QueryCache) -> None:
+def test_opentelemetry_metrics_and_spans(pg: Database, patient_cache: QueryCache) -> None:
+    cache = patient_cache
     reader = InMemoryMetricReader()
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
