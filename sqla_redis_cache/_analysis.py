@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import MetaData, Table, exc
 from sqlalchemy.sql import visitors
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TableClause, TextualSelect
 
@@ -89,6 +91,8 @@ def _analyse_read(
                 tables.add(table_name(element, translate))
             elif isinstance(element, TextClause | TextualSelect):
                 has_text = True
+            elif isinstance(element, UpdateBase):
+                return ReadPlan(frozenset(), "data-modifying CTE")
     if has_text:
         return ReadPlan(frozenset(tables), "text() fragment: dependencies unknown")
     if not tables:
@@ -97,7 +101,11 @@ def _analyse_read(
 
 
 def written_tables(context: Any) -> frozenset[str] | None:
-    """Tables written by the DML that just ran, or None when they cannot be known."""
+    """Tables written by the DML that just ran, or None when they cannot be known.
+
+    Includes the tables a database-side ``ON DELETE`` / ``ON UPDATE`` action of a declared
+    foreign key changes behind the ORM's back (``passive_deletes``), transitively.
+    """
     compiled = context.compiled
     if compiled is None:
         return None
@@ -109,7 +117,61 @@ def written_tables(context: Any) -> frozenset[str] | None:
     table = getattr(statement, "table", None)
     if not isinstance(table, TableClause):
         return None
-    result = frozenset({table_name(table, translate)})
+    targets = [table, *(dependent_tables(table) if isinstance(table, Table) else ())]
+    result = frozenset(table_name(t, translate) for t in targets)
     if not translate:
         _write_memo[compiled] = result
     return result
+
+
+def ddl_tables(context: Any) -> frozenset[str] | None:
+    """Tables whose rows a DDL statement may change (empty for CREATE), None when unknown."""
+    compiled = context.compiled
+    statement = getattr(compiled, "statement", None)
+    if type(statement).__name__.startswith("Create"):
+        return frozenset()
+    element = getattr(statement, "element", None)
+    if isinstance(element, TableClause):
+        deps = dependent_tables(element) if isinstance(element, Table) else ()
+        return frozenset(table_name(t, _translate_map(context)) for t in (element, *deps))
+    return None
+
+
+_ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
+_graph_memo: weakref.WeakKeyDictionary[MetaData, tuple[int, dict[Table, tuple[Table, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _referencing(metadata: MetaData) -> dict[Table, tuple[Table, ...]]:
+    """referenced table -> tables whose foreign keys to it carry a database-side action."""
+    cached = _graph_memo.get(metadata)
+    if cached is not None and cached[0] == len(metadata.tables):
+        return cached[1]
+    graph: dict[Table, set[Table]] = {}
+    for child in metadata.tables.values():
+        for fk in child.foreign_key_constraints:
+            actions = {(fk.ondelete or "").upper(), (fk.onupdate or "").upper()}
+            if not actions & _ACTIONS:
+                continue
+            try:
+                parent = fk.referred_table
+            except exc.SQLAlchemyError:  # refers to a table outside this MetaData
+                continue
+            graph.setdefault(parent, set()).add(child)
+    frozen = {parent: tuple(children) for parent, children in graph.items()}
+    _graph_memo[metadata] = (len(metadata.tables), frozen)
+    return frozen
+
+
+def dependent_tables(table: Table) -> list[Table]:
+    """Tables changed by the database when rows of ``table`` are deleted or re-keyed."""
+    graph = _referencing(table.metadata)
+    seen: dict[Table, None] = {}
+    todo = list(graph.get(table, ()))
+    while todo:
+        child = todo.pop()
+        if child not in seen and child is not table:
+            seen[child] = None
+            todo.extend(graph.get(child, ()))
+    return list(seen)

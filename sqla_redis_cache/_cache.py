@@ -21,6 +21,7 @@ from . import _generic, _memoize
 from ._backend import make_dogpile_region
 from ._codec import EntryCodec
 from ._config import CacheConfig
+from ._core_commit import CoreCommitHooks
 from ._execution import ALL_TABLES, EngineHooks
 from ._keys import KeyBuilder
 from ._options import _clean
@@ -30,6 +31,7 @@ from ._stats import CacheStats, StatsFlusher, StatsRecorder, stats_from_hash
 from ._store import FAILED, RedisIO, Store, SyncIO, make_sync_client
 from ._versions import Versions
 from ._warmup import WarmupRegistry
+from ._write_rules import WriteRules
 
 if TYPE_CHECKING:
     from ._aio import LoopRouter
@@ -56,6 +58,8 @@ class Core:
         self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
         self.engine_hooks = EngineHooks(self)
         self.session_hooks = SessionHooks(self)
+        self.commit_hooks = CoreCommitHooks(self)
+        self.write_rules = WriteRules(config.invalidates)
         self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._lock = threading.Lock()
 
@@ -68,6 +72,7 @@ class Core:
             if engine in self._engines:
                 return False
             self.engine_hooks.install(engine)
+            self.commit_hooks.install(engine)
             self._engines.add(engine)
             return True
 
@@ -75,13 +80,17 @@ class Core:
         with self._lock:
             for engine in list(self._engines):
                 self.engine_hooks.uninstall(engine)
+                self.commit_hooks.uninstall(engine)
             self._engines = weakref.WeakSet()
 
     def invalidate_written(self, tables: Iterable[str]) -> bool:
         tables = set(tables)
         if ALL_TABLES in tables:
             return self.versions.bump([self.keys.all_key])
-        return self.versions.bump(self.keys.table(t) for t in tables)
+        tables, tags = self.write_rules.expand(tables)
+        keys = [self.keys.table(t) for t in tables]
+        keys.extend(self.keys.tag(t) for t in tags)
+        return self.versions.bump(keys)
 
 
 def base_engine(engine: Engine) -> Engine:
@@ -187,6 +196,7 @@ class QueryCache:
         if isinstance(target, Engine):
             target = base_engine(target)
             self._core.engine_hooks.uninstall(target)
+            self._core.commit_hooks.uninstall(target)
             self._core._engines.discard(target)
         else:
             self._core.session_hooks.uninstall(target)
@@ -210,7 +220,7 @@ class QueryCache:
     def invalidate_tables(self, *tables: str) -> bool:
         """Every cached result that read one of ``tables`` misses from now on, everywhere."""
         names = _clean("tables", tables)
-        return self._core.versions.bump(self._core.keys.table(t) for t in names)
+        return self._core.invalidate_written(names)
 
     def invalidate_tags(self, *tags: str) -> bool:
         names = _clean("tags", tags)

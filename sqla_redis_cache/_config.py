@@ -92,6 +92,9 @@ class CacheConfig:
     stats_interval: float = 10.0
     #: extra keyword arguments for the redis-py client
     redis_options: Mapping[str, Any] = field(default_factory=dict)
+    #: what else a write to a table invalidates, e.g.
+    #: ``{"emissions": {"tables": ["emission_totals"], "tags": ["analytics", "dashboard"]}}``
+    invalidates: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
@@ -106,6 +109,9 @@ class CacheConfig:
             raise ConfigurationError("lock_timeout must be > 0 and lock_wait >= 0")
         if self.stats_interval < 0:
             raise ConfigurationError("stats_interval must be >= 0 (0 disables shared stats)")
+        from ._write_rules import check_rules
+
+        check_rules(self.invalidates)
 
     def region(self, name: str | None) -> RegionConfig:
         try:

@@ -11,10 +11,13 @@ Reads
 
 Writes
     ``after_cursor_execute`` records the table of every INSERT/UPDATE/DELETE (ORM flush, ORM
-    bulk DML, Core DML) in the DBAPI connection's ``info``.  Reads of those tables on that
-    connection bypass the cache until the transaction ends, so a transaction sees its own
-    writes and nothing uncommitted is stored.  The connection's ``commit`` event hands the set
-    over to whoever invalidates after the commit (the session wiring, or the Core wiring).
+    bulk DML, Core DML; plus the tables their declared ``ON DELETE``/``ON UPDATE`` actions
+    reach), of textual SQL (``_sqlwrites``) and of DDL in the DBAPI connection's ``info``.
+    Under AUTOCOMMIT isolation the write is already committed, so it is published at once.
+    Otherwise reads of those tables on that connection bypass the cache until the transaction
+    ends, so a transaction sees its own writes and nothing uncommitted is stored.  The
+    connection's ``commit`` event hands the set over to whoever invalidates after the commit
+    (the session wiring, or ``_core_commit``).
 
 Snapshot isolation
     Under REPEATABLE READ / SERIALIZABLE a transaction reads from a snapshot taken at its first
@@ -29,17 +32,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 from sqlalchemy.engine.default import NO_CACHE_KEY
 
-from ._analysis import read_plan, written_tables
+from ._analysis import ddl_tables, read_plan, written_tables
+from ._core_commit import COMMITTING, autocommitting
 from ._cursor import CachedCursor
 from ._keys import UnkeyableParameter
 from ._options import CacheDirective
 from ._rows import decode_result, encode_result, immutable_rows
+from ._sqlwrites import written_by_sql
 
 if TYPE_CHECKING:
     from ._cache import Core
 
 WRITTEN = "sqla_redis_cache.written"
-COMMITTING = "sqla_redis_cache.committing"
 TX_USED = "sqla_redis_cache.tx_used"
 #: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
 ALL_TABLES = "*"
@@ -169,9 +173,25 @@ class EngineHooks:
     ) -> None:
         info = conn.info
         info[TX_USED] = True
-        if context is None or not (context.isinsert or context.isupdate or context.isdelete):
+        if context is None:
             return
-        tables = written_tables(context)
+        if context.isinsert or context.isupdate or context.isdelete:
+            tables = written_tables(context)
+        elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
+            tables = written_by_sql(
+                statement, context.dialect.name, context.dialect.default_schema_name
+            )
+            if tables is not None and not tables:
+                return
+        elif context.isddl:
+            tables = ddl_tables(context)
+            if tables is not None and not tables:
+                return
+        else:
+            return
+        if autocommitting(conn):  # already committed by the database: publish now
+            self.core.invalidate_written(tables if tables is not None else (ALL_TABLES,))
+            return
         written = info.get(WRITTEN)
         if written is None:
             written = info[WRITTEN] = set()

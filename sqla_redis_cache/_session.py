@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from ._execution import COMMITTING
+from ._core_commit import COMMITTING, SESSION_OWNED
 from ._options import CachedOption
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class SessionHooks:
         if conns is None:
             conns = info[CONNECTIONS] = []
         conns.append(connection)
+        connection.info[SESSION_OWNED] = True  # its commit is published by after_commit
         self.core.ensure_engine(connection.engine)
 
     def after_commit(self, session: Any) -> None:

@@ -1,0 +1,76 @@
+"""Invalidation for Core connections used outside a Session (``engine.begin()``, ``connect()``).
+
+A Session tells us when its commit succeeded (``after_commit``); a bare Connection does not:
+SQLAlchemy's ``commit`` event fires *before* the DBAPI commit and there is no event after it.
+So the tables a Core transaction wrote are published twice:
+
+- in the ``commit`` event, just before the database commits, so entries stop being served at
+  once; a reader that refills one during the commit's own round trip could store the old rows
+  under the new tokens, hence
+- again at the first moment known to follow the commit: the connection's next ``begin`` or its
+  return to the pool (``checkin``), which for ``with engine.begin():`` is the end of the block.
+
+Publishing after a commit that failed only costs misses.  Under AUTOCOMMIT isolation every
+statement commits by itself, and ``_execution`` publishes the write as soon as it ran.
+Connections a Session drives are left to the session wiring (one publish, after the commit);
+whatever it did not take is published here at the next begin or checkin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+
+if TYPE_CHECKING:
+    from ._cache import Core
+
+COMMITTING = "sqla_redis_cache.committing"
+SESSION_OWNED = "sqla_redis_cache.session_owned"
+
+
+def autocommitting(conn: Any) -> bool:
+    """True when ``conn`` runs under AUTOCOMMIT isolation (each statement commits itself)."""
+    check = getattr(conn, "_is_autocommit_isolation", None)
+    return bool(check()) if check is not None else False
+
+
+class CoreCommitHooks:
+    """Listeners installed after ``EngineHooks`` on every engine a cache serves."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def commit(self, conn: Any) -> None:
+        info = conn.info
+        if info.get(SESSION_OWNED):
+            return
+        pending = info.get(COMMITTING)
+        if pending:
+            self.core.invalidate_written(pending)
+
+    def begin(self, conn: Any) -> None:
+        self._publish(conn.info)
+
+    def checkin(self, dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            self._publish(record.info)
+
+    def _publish(self, info: dict[str, Any]) -> None:
+        # a session marks its connections after their begin; the mark ends with the transaction
+        info.pop(SESSION_OWNED, None)
+        pending = info.pop(COMMITTING, None)
+        if pending:
+            self.core.invalidate_written(pending)
+
+    _EVENTS = ("commit", "begin", "checkin")
+
+    def install(self, engine: Any) -> None:
+        for name in self._EVENTS:
+            if not event.contains(engine, name, getattr(self, name)):
+                event.listen(engine, name, getattr(self, name))
+
+    def uninstall(self, engine: Any) -> None:
+        for name in self._EVENTS:
+            if event.contains(engine, name, getattr(self, name)):
+                event.remove(engine, name, getattr(self, name))

@@ -1,0 +1,81 @@
+"""Declared consequences of writes: ``table -> extra tables and tags`` (the seed's write map).
+
+The seed guide invalidates ``analytics:*`` and ``api:emissions:*`` whenever ``emissions`` is
+written.  Here the same intent is a mapping in the configuration::
+
+    QueryCache.from_url(url, invalidates={
+        "emissions": {"tables": ["emission_totals"], "tags": ["analytics", "dashboard"]},
+    })
+
+It also covers what no analysis can see: triggers, materialised views, foreign keys declared
+only in the database.  Rules are followed transitively (a table reached through a rule brings
+its own rules) and the closure is computed once per set of written tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_FIELDS = frozenset({"tables", "tags"})
+
+
+def _names(table: str, kind: str, values: Any) -> tuple[str, ...]:
+    from ._config import ConfigurationError
+
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be a list of names")
+    out = tuple(values)
+    if not all(isinstance(v, str) and v for v in out):
+        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be non-empty strings")
+    return out
+
+
+def check_rules(rules: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise ConfigurationError for anything but ``{table: {"tables": [...], "tags": [...]}}``."""
+    from ._config import ConfigurationError
+
+    if not isinstance(rules, Mapping):
+        raise ConfigurationError("invalidates must be a mapping of table name to rule")
+    for table, rule in rules.items():
+        if not isinstance(table, str) or not table:
+            raise ConfigurationError(f"invalidates keys must be table names, got {table!r}")
+        if not isinstance(rule, Mapping) or not set(rule) <= _FIELDS or not rule:
+            raise ConfigurationError(
+                f"invalidates[{table!r}] must be a mapping with 'tables' and/or 'tags'"
+            )
+        for kind in rule:
+            _names(table, kind, rule[kind])
+
+
+class WriteRules:
+    def __init__(self, rules: Mapping[str, Mapping[str, Any]]) -> None:
+        self._rules = {
+            table: (tuple(rule.get("tables", ())), tuple(rule.get("tags", ())))
+            for table, rule in rules.items()
+        }
+        self._memo: dict[frozenset[str], tuple[frozenset[str], frozenset[str]]] = {}
+
+    def expand(self, tables: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """(tables, tags) invalidated by writing ``tables``."""
+        written = frozenset(tables)
+        if not self._rules:
+            return written, frozenset()
+        memo = self._memo.get(written)
+        if memo is not None:
+            return memo
+        seen = set(written)
+        tags: set[str] = set()
+        todo = list(written)
+        while todo:
+            extra_tables, extra_tags = self._rules.get(todo.pop(), ((), ()))
+            tags.update(extra_tags)
+            for table in extra_tables:
+                if table not in seen:
+                    seen.add(table)
+                    todo.append(table)
+        result = frozenset(seen), frozenset(tags)
+        if len(self._memo) > 1024:
+            self._memo.clear()
+        self._memo[written] = result
+        return result
