@@ -36,6 +36,7 @@ class ReadPlan:
 
 _read_memo: weakref.WeakKeyDictionary[Any, dict[Any, ReadPlan]] = weakref.WeakKeyDictionary()
 _write_memo: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
+_cte_memo: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
 def table_name(table: TableClause, translate: Mapping[str | None, str | None] | None) -> str:
@@ -122,6 +123,27 @@ def written_tables(context: Any) -> frozenset[str] | None:
     if not translate:
         _write_memo[compiled] = result
     return result
+
+
+_EMPTY: frozenset[str] = frozenset()
+
+
+def cte_written_tables(context: Any) -> frozenset[str]:
+    """Tables written by data-modifying CTEs inside a SELECT (``WITH x AS (DELETE ...)``)."""
+    compiled = context.compiled
+    if compiled is None:
+        return _EMPTY
+    memo = _cte_memo.get(compiled)
+    if memo is None:
+        found: list[Any] = []
+        for element in visitors.iterate(compiled.statement):
+            table = getattr(element, "table", None)
+            if isinstance(element, UpdateBase) and isinstance(table, TableClause):
+                found.append(table)
+                if isinstance(table, Table):
+                    found.extend(dependent_tables(table))
+        memo = _cte_memo[compiled] = frozenset(table_name(t, None) for t in found)
+    return memo
 
 
 def ddl_tables(context: Any) -> frozenset[str] | None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 from sqlalchemy.engine.default import NO_CACHE_KEY
 
-from ._analysis import ddl_tables, read_plan, written_tables
+from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
 from ._core_commit import COMMITTING, autocommitting
 from ._cursor import CachedCursor
 from ._keys import UnkeyableParameter
@@ -188,7 +188,9 @@ class EngineHooks:
             if tables is not None and not tables:
                 return
         else:
-            return
+            tables = cte_written_tables(context)  # memoised: one lookup per SELECT
+            if not tables:
+                return
         if autocommitting(conn):  # already committed by the database: publish now
             self.core.invalidate_written(tables if tables is not None else (ALL_TABLES,))
             return

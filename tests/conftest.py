@@ -93,5 +93,37 @@ def db(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> Da
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    for engine, _ in _ENGINES.values():
+    for engine, _ in [*_ENGINES.values(), *_WRITE_ENGINES.values()]:
         engine.dispose()
+
+
+# write-path tests (issue 3): their own schema, on PostgreSQL and SQLite ---------------------
+
+_WRITE_ENGINES: dict[str, tuple[Engine, Counter]] = {}
+
+
+def _writes_database(name: str, url: str) -> Database:
+    from .models_writes import WBase, enable_sqlite_foreign_keys, seed_writes
+
+    if name not in _WRITE_ENGINES:
+        engine, counter = make_counted_engine(url)
+        enable_sqlite_foreign_keys(engine)
+        WBase.metadata.drop_all(engine)
+        WBase.metadata.create_all(engine)
+        _WRITE_ENGINES[name] = (engine, counter)
+    engine, counter = _WRITE_ENGINES[name]
+    seed_writes(engine)
+    counter.reset()
+    return Database(name, url, engine, counter, sessionmaker(engine))
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def wdb(request: pytest.FixtureRequest, postgres_url: str, sqlite_url: str) -> Database:
+    """The write-path schema, freshly seeded, on PostgreSQL and on SQLite."""
+    url = postgres_url if request.param == "postgresql" else sqlite_url
+    return _writes_database(request.param, url)
+
+
+@pytest.fixture
+def wpg(postgres_url: str) -> Database:
+    return _writes_database("postgresql", postgres_url)
