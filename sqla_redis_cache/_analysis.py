@@ -77,13 +77,15 @@ def _analyse_read(
 ) -> ReadPlan:
     if context.isinsert or context.isupdate or context.isdelete or context.isddl:
         return ReadPlan(frozenset(), "not a SELECT")
-    if _LOCKING.search(compiled.string):
-        return ReadPlan(frozenset(), "locking read (FOR UPDATE / FOR SHARE)")
     roots = [compiled.statement]
     compile_state = getattr(compiled, "compile_state", None)
     final = getattr(compile_state, "statement", None)
     if final is not None and final is not compiled.statement:
         roots.append(final)
+    if _LOCKING.search(compiled.string) or any(
+        getattr(root, "_for_update_arg", None) is not None for root in roots
+    ):  # the second test also catches dialects that render no lock (SQLite)
+        return ReadPlan(frozenset(), "locking read (FOR UPDATE / FOR SHARE)")
     tables: set[str] = set()
     has_text = False
     for root in roots:
