@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +22,7 @@ from ._backend import make_dogpile_region
 from ._codec import EntryCodec
 from ._config import CacheConfig
 from ._core_commit import CoreCommitHooks
+from ._entities import Entities
 from ._execution import ALL_TABLES, EngineHooks
 from ._keys import KeyBuilder
 from ._options import _clean
@@ -60,6 +61,7 @@ class Core:
         self.session_hooks = SessionHooks(self)
         self.commit_hooks = CoreCommitHooks(self)
         self.write_rules = WriteRules(config.invalidates)
+        self.entities = Entities(self)
         self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._lock = threading.Lock()
 
@@ -81,16 +83,22 @@ class Core:
             for engine in list(self._engines):
                 self.engine_hooks.uninstall(engine)
                 self.commit_hooks.uninstall(engine)
+            self.commit_hooks.release_pools()
             self._engines = weakref.WeakSet()
 
-    def invalidate_written(self, tables: Iterable[str]) -> bool:
+    def invalidate_written(
+        self,
+        tables: Iterable[str],
+        extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
+    ) -> bool:
+        """New tokens for written tables (and what rules add); ``extra`` joins the pipeline."""
         tables = set(tables)
         if ALL_TABLES in tables:
             return self.versions.bump([self.keys.all_key])
         tables, tags = self.write_rules.expand(tables)
         keys = [self.keys.table(t) for t in tables]
         keys.extend(self.keys.tag(t) for t in tags)
-        return self.versions.bump(keys)
+        return self.versions.bump(keys, extra)
 
 
 def base_engine(engine: Engine) -> Engine:
@@ -241,6 +249,40 @@ class QueryCache:
             return -1
         core.stats.drain()[1]()  # the shared stats went too: do not resurrect them on close
         return int(deleted)
+
+    # entities (issue 3: the seed's cacheEntity / getCachedEntity) ---------------------------
+    #
+    # ``bind`` is the Engine or Session the entity belongs to; it may be omitted when exactly
+    # one engine is attached.  ``session.get(cls, pk, options=[cached()])`` uses the same
+    # entries, and commits write them through (see ``_entities``).
+
+    def get_entity(self, cls: type[T], pk: Any, *, bind: Any = None) -> T | None:
+        """A detached instance from the entity cache, or None on a miss (never queries)."""
+        return self._core.entities.get_entity(cls, pk, self._entity_engine(cls, bind))  # type: ignore[no-any-return]
+
+    def cache_entity(self, obj: Any, *, bind: Any = None) -> bool:
+        """Store the committed state of ``obj`` (pending changes are never stored)."""
+        return self._core.entities.cache_entity(obj, self._entity_engine(type(obj), bind))
+
+    def forget_entity(self, cls: type, pk: Any, *, bind: Any = None) -> bool:
+        """Remove one entity from the cache."""
+        return self._core.entities.forget_entity(cls, pk, self._entity_engine(cls, bind))
+
+    def _entity_engine(self, cls: type, bind: Any) -> Engine:
+        if isinstance(bind, Session):
+            bind = bind.get_bind(cls)
+        bind = getattr(bind, "sync_engine", bind)
+        engine = getattr(bind, "engine", None)
+        if isinstance(engine, Engine):
+            return engine
+        if bind is None:
+            engines = list(self._core._engines)
+            if len(engines) == 1:
+                return engines[0]
+        raise ValueError(
+            "pass bind= (the Engine or Session of the entity): "
+            f"{len(self._core._engines)} engines are attached"
+        )
 
     # statistics ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -95,6 +95,9 @@ class CacheConfig:
     #: what else a write to a table invalidates, e.g.
     #: ``{"emissions": {"tables": ["emission_totals"], "tags": ["analytics", "dashboard"]}}``
     invalidates: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: entity write-through on commit: True (every mapped class), False, or the class or
+    #: table names to write through (the others are only invalidated)
+    write_through: bool | Collection[str] = True
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
@@ -112,6 +115,11 @@ class CacheConfig:
         from ._write_rules import check_rules
 
         check_rules(self.invalidates)
+        if not isinstance(self.write_through, bool) and (
+            isinstance(self.write_through, str)
+            or not all(isinstance(n, str) and n for n in self.write_through)
+        ):
+            raise ConfigurationError("write_through must be a bool or a list of class/table names")
 
     def region(self, name: str | None) -> RegionConfig:
         try:

@@ -40,6 +40,9 @@ class CoreCommitHooks:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        # pools outlive the engines that share them (``execution_options()`` copies): the
+        # checkin listener is removed from each pool once, when the cache is closed
+        self._pools: list[Any] = []
 
     def commit(self, conn: Any) -> None:
         info = conn.info
@@ -63,14 +66,24 @@ class CoreCommitHooks:
         if pending:
             self.core.invalidate_written(pending)
 
-    _EVENTS = ("commit", "begin", "checkin")
+    _EVENTS = ("commit", "begin")
 
     def install(self, engine: Any) -> None:
         for name in self._EVENTS:
             if not event.contains(engine, name, getattr(self, name)):
                 event.listen(engine, name, getattr(self, name))
+        pool = engine.pool
+        if not event.contains(pool, "checkin", self.checkin):
+            event.listen(pool, "checkin", self.checkin)
+            self._pools.append(pool)
 
     def uninstall(self, engine: Any) -> None:
         for name in self._EVENTS:
             if event.contains(engine, name, getattr(self, name)):
                 event.remove(engine, name, getattr(self, name))
+
+    def release_pools(self) -> None:
+        for pool in self._pools:
+            if event.contains(pool, "checkin", self.checkin):
+                event.remove(pool, "checkin", self.checkin)
+        self._pools = []

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 
 from ._core_commit import COMMITTING, SESSION_OWNED
+from ._entities import FLUSHED
 from ._options import CachedOption
 
 if TYPE_CHECKING:
@@ -37,13 +38,17 @@ class SessionHooks:
         self.core = core
         self.option_key = core.option_key
 
-    def do_orm_execute(self, state: Any) -> None:
+    def do_orm_execute(self, state: Any) -> Any:
         if not state.is_select:
-            return
+            return None
         for option in state.user_defined_options:
             if isinstance(option, CachedOption):
+                served = self.core.entities.try_get(state, option)  # session.get()
+                if served is not None:
+                    return served
                 state.update_execution_options(**{self.option_key: option.payload})
-                return
+                return None
+        return None
 
     def after_begin(self, session: Any, transaction: Any, connection: Any) -> None:
         info = session.info
@@ -54,6 +59,9 @@ class SessionHooks:
         connection.info[SESSION_OWNED] = True  # its commit is published by after_commit
         self.core.ensure_engine(connection.engine)
 
+    def after_flush(self, session: Any, flush_context: Any) -> None:
+        self.core.entities.after_flush(session)
+
     def after_commit(self, session: Any) -> None:
         info = session.info
         tables: set[str] = set()
@@ -61,14 +69,21 @@ class SessionHooks:
             written = conn.info.pop(COMMITTING, None)
             if written:
                 tables |= written
-        if tables:
-            self.core.invalidate_written(tables)
+        self.core.entities.publish(session, tables)  # invalidates, and writes entities through
 
     def after_transaction_end(self, session: Any, transaction: Any) -> None:
         if transaction.parent is None:
-            session.info.pop(CONNECTIONS, None)
+            info = session.info
+            for key in (CONNECTIONS, FLUSHED):
+                info.pop(key, None)
 
-    _EVENTS = ("do_orm_execute", "after_begin", "after_commit", "after_transaction_end")
+    _EVENTS = (
+        "do_orm_execute",
+        "after_begin",
+        "after_flush",
+        "after_commit",
+        "after_transaction_end",
+    )
 
     def install(self, target: Any) -> None:
         for name in self._EVENTS:

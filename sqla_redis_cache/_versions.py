@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from ._store import FAILED, Store
 
@@ -63,20 +64,31 @@ class Versions:
         tokens = [v if v is not None else created[k] for k, v in zip(keys, values, strict=True)]
         return self.stamps(tokens)
 
-    def bump(self, keys: Iterable[str]) -> bool:
-        """Replace the tokens of ``keys``; remember them as pending if Redis fails."""
+    def bump(
+        self,
+        keys: Iterable[str],
+        extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
+    ) -> bool:
+        """Replace the tokens of ``keys``; remember them as pending if Redis fails.
+
+        ``extra(new_tokens)`` may append commands to the same pipeline (entity write-through).
+        """
         keys = set(keys)
         with self._lock:
             keys |= self._pending
             self._pending = set()
         if not keys:
             return True
+        tokens = {key: new_token() for key in sorted(keys)}
+        commands: list[tuple[Any, ...]] = [
+            ("SET", key, token, "PX", self._ttl_ms) for key, token in tokens.items()
+        ]
+        if extra is not None:
+            commands.extend(extra(tokens))
         started = time.perf_counter()
-        replies = self.store.pipeline(
-            [("SET", key, new_token(), "PX", self._ttl_ms) for key in sorted(keys)]
-        )
+        replies = self.store.pipeline(commands)
         ok = replies is not FAILED
-        self.store.stats.invalidated(len(keys), ok, time.perf_counter() - started)
+        self.store.stats.invalidated(len(tokens), ok, time.perf_counter() - started)
         if not ok:
             with self._lock:
                 self._pending |= keys

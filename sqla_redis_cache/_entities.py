@@ -1,0 +1,370 @@
+"""Entity cache with write-through: the seed's ``cacheEntity`` / ``getCachedEntity``.
+
+An entity entry holds the committed column values of one row, keyed by database identity,
+the base table of its class hierarchy and its primary key (``ns:e:<digest>``), so that
+``session.get(Employee, 2)`` finds the ``Manager`` stored by a flush of that manager.
+
+Freshness works as for queries: an entry is stamped with the tokens of the namespace and of
+every table of its hierarchy, so any write those tables see (bulk DML, Core, text(), another
+process) turns it into a miss.  What a Session commits is *written through*: the tables'
+new tokens and the committed values of every new or changed entity go out in the same
+pipeline after the commit, so the next ``get`` anywhere is a hit with the new values, and
+deleted entities are removed.  Stamping an entry with a namespace token remembered from an
+earlier read is safe: a token that changed since only makes the entry a miss.
+
+``session.get(cls, pk, options=[cached()])`` is answered here before any SQL when the session
+holds no pending changes, its transaction wrote none of those tables, the object is not in
+the identity map already, and no other loader options were given; a hit adds a clean
+persistent object to the session (no ``load`` event fires for it).  A miss loads from the
+database and stores the row with the tokens read before the query.  Values the codec cannot
+store (or rows with unloaded, server-generated columns) are simply not cached.
+
+Known limit: two transactions committing the same row in quick succession could publish
+their write-throughs in the opposite order; the later commit's values then lose to the
+earlier ones until the next write or the TTL.  ``write_through=False`` turns write-through
+into plain invalidation where that matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import inspect
+from sqlalchemy.engine import IteratorResult
+from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.orm import Mapper, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.base import NEVER_SET, NO_VALUE
+from sqlalchemy.orm.state import InstanceState
+
+from ._analysis import table_name
+from ._codec import CorruptEntry, Unencodable
+from ._core_commit import COMMITTING
+from ._execution import TX_USED, WRITTEN, _snapshot_isolated
+from ._keys import UnkeyableParameter, fingerprint_parameters
+from ._options import CachedOption
+from ._store import FAILED
+from ._versions import Versions
+
+if TYPE_CHECKING:
+    from ._cache import Core
+
+FLUSHED = "sqla_redis_cache.entities"
+
+
+class _Hierarchy:
+    """What the cache needs to know about one mapped class hierarchy (memoised)."""
+
+    __slots__ = ("base", "classes", "tables")
+
+    def __init__(self, mapper: Mapper[Any]) -> None:
+        self.base = mapper.base_mapper
+        mappers = list(self.base.self_and_descendants)
+        self.tables = sorted({table_name(t, None) for m in mappers for t in m.tables})
+        self.classes = {_class_path(m.class_): m for m in mappers}
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class Entities:
+    """Entity lookups, explicit API and write-through for one cache."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        setting = core.config.write_through
+        self._only: frozenset[str] | None = (
+            None if setting is True else frozenset(() if setting is False else setting)
+        )
+        self._hierarchies: dict[Mapper[Any], _Hierarchy] = {}
+        self._all_token: bytes | None = None
+
+    # keys ------------------------------------------------------------------------------------
+
+    def hierarchy(self, mapper: Mapper[Any]) -> _Hierarchy:
+        found = self._hierarchies.get(mapper)
+        if found is None:
+            found = self._hierarchies[mapper] = _Hierarchy(mapper)
+        return found
+
+    def key(self, engine: Any, mapper: Mapper[Any], pk: Sequence[Any]) -> str:
+        digest = hashlib.blake2b(self.core.keys.engine_id(engine), digest_size=20)
+        digest.update(b"\x00" + table_name(mapper.base_mapper.local_table, None).encode())  # type: ignore[arg-type]
+        digest.update(b"\x00" + fingerprint_parameters(tuple(pk)).encode())
+        return self.core.keys.prefix + "e:" + digest.hexdigest()
+
+    def deps(self, hierarchy: _Hierarchy) -> list[str]:
+        return self.core.keys.dependencies(hierarchy.tables, ())
+
+    def writes_through(self, mapper: Mapper[Any]) -> bool:
+        only = self._only
+        if only is None:
+            return True
+        return mapper.class_.__name__ in only or any(
+            table_name(t, None) in only for t in mapper.tables
+        )
+
+    # reading -----------------------------------------------------------------------------------
+
+    def lookup(
+        self, engine: Any, mapper: Mapper[Any], pk: Sequence[Any]
+    ) -> tuple[str, list[str], list[bytes | None] | None, dict[str, Any] | None, Mapper[Any]]:
+        """(key, deps, values read, committed values or None, stored mapper)."""
+        hierarchy = self.hierarchy(mapper)
+        key = self.key(engine, mapper, pk)
+        deps = self.deps(hierarchy)
+        core = self.core
+        if core.versions.has_pending and not core.versions.settle():
+            return key, deps, None, None, mapper
+        values = core.store.mget([key, *deps])
+        if values is FAILED:
+            return key, deps, None, None, mapper
+        if values[1] is not None:
+            self._all_token = values[1]
+        entry = values[0]
+        stamps = Versions.stamps(values[1:])
+        if entry is None or stamps is None or core.codec.stamps_of(entry) != stamps:
+            return key, deps, values, None, mapper
+        try:
+            opened = core.codec.open(entry, None)
+            assert opened is not None
+            path, row = opened[1]
+            stored = hierarchy.classes[path]
+        except (CorruptEntry, KeyError, TypeError, ValueError, AssertionError):
+            core.stats.corrupt += 1
+            return key, deps, values, None, mapper
+        return key, deps, values, dict(row), stored
+
+    def store_loaded(
+        self, key: str, deps: list[str], values: list[bytes | None], state: InstanceState[Any]
+    ) -> None:
+        """Fill after a miss, stamped with the tokens read before the query."""
+        stamps = self.core.versions.ensure(deps, values[1:])
+        row = self._snapshot(state)
+        if stamps is None or row is None:
+            return
+        entry = self._seal(stamps, state.mapper, row)
+        if entry is not None:
+            self.core.store.pipeline([("SET", key, entry, "PX", self._ttl_ms())])
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.core.config.region(None).ttl * 1000))
+
+    def _seal(self, stamps: bytes, mapper: Mapper[Any], row: dict[str, Any]) -> bytes | None:
+        try:
+            return self.core.codec.seal(stamps, [_class_path(mapper.class_), row])
+        except Unencodable:
+            self.core.stats.uncacheable += 1
+            return None
+
+    @staticmethod
+    def _snapshot(state: InstanceState[Any]) -> dict[str, Any] | None:
+        """Committed column values, or None when a non-deferred column is not loaded."""
+        loaded = state.dict
+        committed = state.committed_state
+        row: dict[str, Any] = {}
+        for prop in state.mapper.column_attrs:
+            key = prop.key
+            if key in committed:
+                value = committed[key]
+                if value is NO_VALUE or value is NEVER_SET:
+                    return None
+            elif key in loaded:
+                value = loaded[key]
+            elif prop.deferred:
+                continue
+            else:
+                return None
+            row[key] = value
+        return row
+
+    def build(self, mapper: Mapper[Any], row: Mapping[str, Any]) -> Any:
+        """A detached instance carrying ``row`` as its committed state."""
+        obj = mapper.class_manager.new_instance()
+        for key, value in row.items():
+            set_committed_value(obj, key, value)
+        make_transient_to_detached(obj)
+        return obj
+
+    # session.get ---------------------------------------------------------------------------
+
+    def try_get(self, orm_state: Any, option: CachedOption) -> Any:
+        """A Result for an eligible ``session.get(..., options=[cached()])``, else None."""
+        get = _primary_key_get(orm_state)
+        if get is None:
+            return None
+        mapper, pk = get
+        session = orm_state.session
+        if session.new or session.dirty or session.deleted:
+            return None
+        if _transaction_blocks(session):
+            return None
+        identity = mapper.identity_key_from_primary_key(pk)
+        if identity in session.identity_map:
+            return None
+        engine = session.get_bind(mapper).engine
+        try:
+            started = time.perf_counter()
+            key, deps, values, row, stored = self.lookup(engine, mapper, pk)
+        except UnkeyableParameter:
+            return None
+        stats = self.core.stats
+        if row is not None:
+            if not issubclass(stored.class_, mapper.class_):
+                return None  # let the database answer as SQLAlchemy would
+            obj = self.build(stored, row)
+            session.add(obj)
+            stats.hit(time.perf_counter() - started)
+            return IteratorResult(SimpleResultMetaData([mapper.class_.__name__]), iter([(obj,)]))
+        result = orm_state.invoke_statement()
+        stats.misses += 1
+        if values is None:
+            return result
+        frozen = result.freeze()
+        rows = frozen.data
+        if len(rows) == 1 and not _transaction_blocks(session):
+            self.store_loaded(key, deps, values, inspect(rows[0][0]))
+        return frozen()
+
+    # explicit API -------------------------------------------------------------------------------
+
+    def get_entity(self, cls: Any, pk: Any, bind: Any) -> Any:
+        mapper = inspect(cls)
+        pk = tuple(pk) if isinstance(pk, tuple | list) else (pk,)
+        _, _, _, row, stored = self.lookup(bind, mapper, pk)
+        if row is None or not issubclass(stored.class_, mapper.class_):
+            return None
+        return self.build(stored, row)
+
+    def cache_entity(self, obj: Any, bind: Any) -> bool:
+        state: InstanceState[Any] = inspect(obj)
+        if state.key is None:
+            raise ValueError("cache_entity() needs a persistent or detached object")
+        mapper = state.mapper
+        hierarchy = self.hierarchy(mapper)
+        deps = self.deps(hierarchy)
+        values = self.core.store.mget(deps)
+        if values is FAILED:
+            return False
+        stamps = self.core.versions.ensure(deps, values)
+        row = self._snapshot(state)
+        if stamps is None or row is None:
+            return False
+        entry = self._seal(stamps, mapper, row)
+        if entry is None:
+            return False
+        key = self.key(bind, mapper, state.key[1])
+        return self.core.store.pipeline([("SET", key, entry, "PX", self._ttl_ms())]) is not FAILED
+
+    def forget_entity(self, cls: Any, pk: Any, bind: Any) -> bool:
+        mapper = inspect(cls)
+        pk = tuple(pk) if isinstance(pk, tuple | list) else (pk,)
+        return self.core.store.pipeline([("DEL", self.key(bind, mapper, pk))]) is not FAILED
+
+    # write-through ----------------------------------------------------------------------------
+
+    def after_flush(self, session: Any) -> None:
+        flushed: dict[int, tuple[InstanceState[Any], bool]] | None = session.info.get(FLUSHED)
+        if flushed is None:
+            flushed = session.info[FLUSHED] = {}
+        for obj in session.new | session.dirty:
+            state = inspect(obj)
+            if self.writes_through(state.mapper):
+                flushed[id(state)] = (state, False)
+        for obj in session.deleted:
+            state = inspect(obj)
+            flushed[id(state)] = (state, True)
+
+    def publish(self, session: Any, tables: set[str]) -> None:
+        """After a commit: new tokens for ``tables``, entities written through or removed."""
+        flushed = session.info.pop(FLUSHED, None)
+        if not flushed:
+            if tables:
+                self.core.invalidate_written(tables)
+            return
+        writes: list[tuple[str, Mapper[Any], dict[str, Any] | None, list[str]]] = []
+        for state, deleted in flushed.values():
+            if state.key is None:
+                continue
+            mapper = state.mapper
+            hierarchy = self.hierarchy(mapper)
+            try:
+                key = self.key(session.get_bind(mapper).engine, mapper, state.key[1])
+            except UnkeyableParameter:
+                continue
+            row = None if deleted or state.was_deleted else self._snapshot(state)
+            writes.append((key, mapper, row, hierarchy.tables))
+            tables.update(hierarchy.tables)
+        all_token = self._all_token
+        if all_token is None and any(row is not None for _, _, row, _ in writes):
+            values = self.core.store.mget([self.core.keys.all_key])
+            all_token = None if values is FAILED else values[0]
+
+        def commands(tokens: Mapping[str, bytes]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            ttl = self._ttl_ms()
+            for key, mapper, row, entity_tables in writes:
+                stamps = self._stamps(all_token, entity_tables, tokens)
+                entry = None
+                if row is not None and stamps is not None:
+                    entry = self._seal(stamps, mapper, row)
+                out.append(("SET", key, entry, "PX", ttl) if entry else ("DEL", key))
+            return out
+
+        self.core.invalidate_written(tables, extra=commands)
+
+    def _stamps(
+        self, all_token: bytes | None, tables: Iterable[str], tokens: Mapping[str, bytes]
+    ) -> bytes | None:
+        if all_token is None:
+            return None
+        parts = [all_token]
+        for table in tables:
+            token = tokens.get(self.core.keys.table(table))
+            if token is None:
+                return None
+            parts.append(token)
+        return b"".join(parts)
+
+
+def _primary_key_get(orm_state: Any) -> tuple[Mapper[Any], tuple[Any, ...]] | None:
+    """(mapper, pk) when ``orm_state`` is a plain ``session.get()`` with only ``cached()``."""
+    if orm_state.load_options._refresh_state is not None:
+        return None
+    if orm_state.load_options._populate_existing:
+        return None
+    statement = orm_state.statement
+    mapper = orm_state.bind_mapper
+    if mapper is None or getattr(statement, "_for_update_arg", None) is not None:
+        return None
+    criteria: tuple[Any, ...] = getattr(statement, "_where_criteria", ())
+    clause, params = mapper._get_clause
+    if len(criteria) != 1 or criteria[0] is not clause:
+        return None
+    if not all(isinstance(o, CachedOption) for o in statement._with_options):
+        return None
+    given = orm_state.parameters or {}
+    try:
+        pk = tuple(given[params[col].key] for col in mapper.primary_key)
+    except KeyError:
+        return None
+    return mapper, pk
+
+
+def _transaction_blocks(session: Any) -> bool:
+    """True when the session's transaction wrote, or reads from an older snapshot."""
+    from ._session import CONNECTIONS
+
+    for conn in session.info.get(CONNECTIONS, ()):
+        if conn.closed:
+            continue
+        info = conn.info
+        if info.get(WRITTEN) or info.get(COMMITTING):
+            return True
+        if info.get(TX_USED) and _snapshot_isolated(conn):
+            return True
+    return False
