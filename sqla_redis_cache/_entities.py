@@ -162,10 +162,14 @@ class Entities:
             return None
 
     @staticmethod
-    def _snapshot(state: InstanceState[Any]) -> dict[str, Any] | None:
-        """Committed column values, or None when a non-deferred column is not loaded."""
+    def _snapshot(state: InstanceState[Any], flushing: bool = False) -> dict[str, Any] | None:
+        """Committed column values, or None when a non-deferred column is not loaded.
+
+        During a flush the dictionary holds the values being committed; otherwise values
+        changed since the last flush are taken from ``committed_state`` (never pending ones).
+        """
         loaded = state.dict
-        committed = state.committed_state
+        committed = {} if flushing else state.committed_state
         row: dict[str, Any] = {}
         for prop in state.mapper.column_attrs:
             key = prop.key
@@ -225,9 +229,9 @@ class Entities:
         if values is None:
             return result
         frozen = result.freeze()
-        rows = frozen.data
-        if len(rows) == 1 and not _transaction_blocks(session):
-            self.store_loaded(key, deps, values, inspect(rows[0][0]))
+        loaded = frozen().scalars().all()
+        if len(loaded) == 1 and not _transaction_blocks(session):
+            self.store_loaded(key, deps, values, inspect(loaded[0]))
         return frozen()
 
     # explicit API -------------------------------------------------------------------------------
@@ -267,17 +271,32 @@ class Entities:
 
     # write-through ----------------------------------------------------------------------------
 
-    def after_flush(self, session: Any) -> None:
-        flushed: dict[int, tuple[InstanceState[Any], bool]] | None = session.info.get(FLUSHED)
+    def after_flush(self, session: Any, flush_context: Any) -> None:
+        """Snapshot what this flush wrote.
+
+        This is the last moment the objects are surely alive (once the flush ends the
+        session drops its strong references to them) and their dictionaries hold exactly the
+        values just written (plus what the flush fetched back; what it expired is missing,
+        so such rows are removed rather than written through).  A later flush of the same row
+        replaces its snapshot; the commit publishes the last one.
+        """
+        flushed: dict[Any, tuple[Mapper[Any], dict[str, Any] | None]] | None = session.info.get(
+            FLUSHED
+        )
         if flushed is None:
             flushed = session.info[FLUSHED] = {}
-        for obj in session.new | session.dirty:
-            state = inspect(obj)
-            if self.writes_through(state.mapper):
-                flushed[id(state)] = (state, False)
-        for obj in session.deleted:
-            state = inspect(obj)
-            flushed[id(state)] = (state, True)
+        for state, (isdelete, listonly) in flush_context.states.items():
+            obj = state.obj()
+            if listonly or obj is None:
+                continue
+            mapper = state.mapper
+            identity = state.key if isdelete else mapper.identity_key_from_instance(obj)
+            if identity is None or None in identity[1]:
+                continue
+            if isdelete or not self.writes_through(mapper):
+                flushed[identity] = (mapper, None)
+            else:
+                flushed[identity] = (mapper, self._snapshot(state, flushing=True))
 
     def publish(self, session: Any, tables: set[str]) -> None:
         """After a commit: new tokens for ``tables``, entities written through or removed."""
@@ -287,22 +306,20 @@ class Entities:
                 self.core.invalidate_written(tables)
             return
         writes: list[tuple[str, Mapper[Any], dict[str, Any] | None, list[str]]] = []
-        for state, deleted in flushed.values():
-            if state.key is None:
-                continue
-            mapper = state.mapper
+        for identity, (mapper, row) in flushed.items():
             hierarchy = self.hierarchy(mapper)
             try:
-                key = self.key(session.get_bind(mapper).engine, mapper, state.key[1])
+                key = self.key(session.get_bind(mapper).engine, mapper, identity[1])
             except UnkeyableParameter:
                 continue
-            row = None if deleted or state.was_deleted else self._snapshot(state)
             writes.append((key, mapper, row, hierarchy.tables))
             tables.update(hierarchy.tables)
         all_token = self._all_token
         if all_token is None and any(row is not None for _, _, row, _ in writes):
-            values = self.core.store.mget([self.core.keys.all_key])
-            all_token = None if values is FAILED else values[0]
+            # first write-through of this process: read (or create) the namespace token once
+            all_token = self._all_token = self.core.versions.ensure(
+                [self.core.keys.all_key], [None]
+            )
 
         def commands(tokens: Mapping[str, bytes]) -> list[tuple[Any, ...]]:
             out: list[tuple[Any, ...]] = []

@@ -60,7 +60,7 @@ class SessionHooks:
         self.core.ensure_engine(connection.engine)
 
     def after_flush(self, session: Any, flush_context: Any) -> None:
-        self.core.entities.after_flush(session)
+        self.core.entities.after_flush(session, flush_context)
 
     def after_commit(self, session: Any) -> None:
         info = session.info

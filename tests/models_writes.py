@@ -123,6 +123,26 @@ class Emission(WBase):
     kg: Mapped[int] = mapped_column(Integer)
 
 
+class Seat(WBase):
+    """Composite primary key."""
+
+    __tablename__ = "w_seat"
+    room: Mapped[str] = mapped_column(String(10), primary_key=True)
+    number: Mapped[int] = mapped_column(primary_key=True)
+    holder: Mapped[str] = mapped_column(String(50))
+
+
+class Doc(WBase):
+    """A deferred column and a version counter."""
+
+    __tablename__ = "w_doc"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+    body: Mapped[str] = mapped_column(String(500), deferred=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": version}
+
+
 def enable_sqlite_foreign_keys(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
 
@@ -166,3 +186,5 @@ def seed_writes(engine: Engine) -> None:
         conn.execute(
             insert(Emission), [{"id": 1, "org_id": 1, "kg": 5}, {"id": 2, "org_id": 1, "kg": 7}]
         )
+        conn.execute(insert(Seat), [{"room": "a", "number": 1, "holder": "x"}])
+        conn.execute(insert(Doc), [{"id": 1, "title": "t", "body": "long", "version": 1}])

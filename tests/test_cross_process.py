@@ -78,3 +78,15 @@ def test_other_process_database_cascade_is_seen(
     run_writer("cascade", wdb, redis_url, cache.config.namespace)
     with wdb.counter.expect(1):
         assert [r[0] for r in read(wdb, entries)] == [3]
+
+
+def test_other_process_flush_is_written_through(
+    db: Database, cache: QueryCache, redis_url: str
+) -> None:
+    """The writer's commit stores the new row: this process's next get is a hit, and fresh."""
+    cache.attach(db.Session)
+    with db.Session() as s:
+        assert s.get_one(User, 1, options=[cached()]).name == "user1"
+    run_writer("flush", db, redis_url, cache.config.namespace)
+    with db.counter.expect(0), db.Session() as s:
+        assert s.get_one(User, 1, options=[cached()]).name == "other"

@@ -125,9 +125,7 @@ def test_yield_per_and_streaming_run_uncached(db: Database, cache: QueryCache) -
     assert cache.stats().hits == 0
 
 
-def test_for_update_is_never_cached_even_with_eager_loads(
-    db: Database, cache: QueryCache
-) -> None:
+def test_for_update_is_never_cached_even_with_eager_loads(db: Database, cache: QueryCache) -> None:
     """The locking read always reaches the database (on SQLite too, which renders no lock)."""
     cache.attach(db.Session)
     stmt = select(User).where(User.id == 1).options(selectinload(User.orders), cached())
