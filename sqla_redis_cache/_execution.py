@@ -187,10 +187,12 @@ class EngineHooks:
             tables = ddl_tables(context)
             if tables is not None and not tables:
                 return
-        else:
-            tables = cte_written_tables(context)  # memoised: one lookup per SELECT
+        elif statement.startswith("WITH"):  # data-modifying CTEs only exist at the top
+            tables = cte_written_tables(context)
             if not tables:
                 return
+        else:
+            return
         if autocommitting(conn):  # already committed by the database: publish now
             self.core.invalidate_written(tables if tables is not None else (ALL_TABLES,))
             return
