@@ -467,3 +467,25 @@ def test_declared_rules_invalidate_extra_tables_and_tags(
 def test_bad_rules_are_rejected(redis_url: str, rules: Any) -> None:
     with pytest.raises(ConfigurationError, match="invalidates"):
         QueryCache.from_url(redis_url, invalidates=rules)
+
+
+def test_ddl_drop_table_invalidates(db: Database, cache: QueryCache) -> None:
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    tmp = Table("w_tmp_ddl", MetaData(), Column("id", Integer, primary_key=True))
+    tmp.drop(db.engine, checkfirst=True)
+    tmp.create(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(insert(tmp).values(id=1))
+    cache.attach(db.engine)
+    cache.attach(db.Session)
+    stmt = select(tmp.c.id)
+
+    def write() -> None:
+        tmp.drop(db.engine)  # DROP TABLE: no DML ever ran against the old rows
+        tmp.create(db.engine)
+
+    try:
+        assert_fresh_after(db, {stmt: [(1,)]}, write, {stmt: []})
+    finally:
+        tmp.drop(db.engine, checkfirst=True)
