@@ -1,9 +1,15 @@
 """Session wiring: attach/detach, the ``cached()`` option, and commit-time invalidation.
 
 ``do_orm_execute`` only translates the ``cached()`` option into an execution option; it never
-answers the query itself, so SQLAlchemy's autoflush, loader options and result handling run as
+answers a query itself, so SQLAlchemy's autoflush, loader options and result handling run as
 usual and the cursor-level hook (``_execution``) decides hit or miss with full knowledge of the
-transaction's writes.
+transaction's writes.  The one exception is a plain ``session.get(cls, pk, options=[cached()])``,
+which the entity cache (``_entities``) may answer under the conditions it documents.
+
+``after_flush`` lets ``_entities`` snapshot the rows a flush wrote; ``after_commit`` hands the
+written tables and those snapshots to ``_entities.publish`` (tokens and write-through in one
+pipeline).  Connections a session drives are marked so that ``_core_commit`` leaves their
+commits to the session.
 
 ``after_begin`` notes each connection a session transaction uses (and installs the engine hooks
 on engines met for the first time).  ``after_commit`` runs once the database commit succeeded:
