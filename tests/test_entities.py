@@ -199,3 +199,23 @@ def test_entity_keys_are_namespaced_and_expire(
     client = redis.Redis.from_url(redis_url)
     (key,) = list(client.scan_iter(match=cache.config.namespace + ":e:*"))
     assert 0 < client.pttl(key) <= 300_000
+
+
+def test_redis_down_never_breaks_get_or_commit(db: Database) -> None:
+    from ._services import free_port
+
+    qc = QueryCache.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="down")
+    try:
+        qc.attach(db.Session)
+        for _ in range(2):
+            with db.counter.expect(1), db.Session() as s:
+                assert s.get_one(User, 1, options=C).name == "user1"
+        with db.Session() as s:
+            s.get_one(User, 1).name = "still works"
+            s.commit()
+        with db.Session() as s:
+            assert s.get_one(User, 1, options=C).name == "still works"
+        assert qc.get_entity(User, 1) is None
+        assert qc.stats().errors >= 1
+    finally:
+        qc.close()
