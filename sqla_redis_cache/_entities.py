@@ -19,15 +19,21 @@ persistent object to the session (no ``load`` event fires for it).  A miss loads
 database and stores the row with the tokens read before the query.  Values the codec cannot
 store (or rows with unloaded, server-generated columns) are simply not cached.
 
-Known limit: two transactions committing the same row in quick succession could publish
-their write-throughs in the opposite order; the later commit's values then lose to the
-earlier ones until the next write or the TTL.  ``write_through=False`` turns write-through
-into plain invalidation where that matters.
+Write-through never lets an older commit win.  Two transactions committing the same row
+publish after their commits, possibly in the opposite order.  So every flush first replaces
+the entries of the rows it wrote with a *pending marker* naming its transaction; the flush
+holds the rows' locks, so any earlier writer of those rows has committed by then.  After the
+commit, the entry is written with a single-key compare-and-set (``CAS_SET``) that succeeds
+only if that transaction's marker is still there.  A late publish of an older transaction
+finds a newer marker or value and writes nothing; a reader that meets a marker misses and
+reads the database (its fill is stamped with tokens the commit then replaces).  A marker
+left by a crashed or rolled-back transaction is a miss until it expires (``lock_timeout``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,13 +52,15 @@ from ._core_commit import COMMITTING
 from ._execution import TX_USED, WRITTEN, _snapshot_isolated
 from ._keys import UnkeyableParameter, fingerprint_parameters
 from ._options import CachedOption
-from ._store import FAILED
+from ._store import CAS_SET, FAILED
 from ._versions import Versions
 
 if TYPE_CHECKING:
     from ._cache import Core
 
 FLUSHED = "sqla_redis_cache.entities"
+MARKER = "sqla_redis_cache.entity_marker"
+_MARKER_PREFIX = b"\x00sqla-redis-cache:pending:"
 
 
 class _Hierarchy:
@@ -280,11 +288,13 @@ class Entities:
         so such rows are removed rather than written through).  A later flush of the same row
         replaces its snapshot; the commit publishes the last one.
         """
-        flushed: dict[Any, tuple[Mapper[Any], dict[str, Any] | None]] | None = session.info.get(
+        info = session.info
+        flushed: dict[Any, tuple[Mapper[Any], dict[str, Any] | None, str]] | None = info.get(
             FLUSHED
         )
         if flushed is None:
-            flushed = session.info[FLUSHED] = {}
+            flushed = info[FLUSHED] = {}
+        marked: list[str] = []
         for state, (isdelete, listonly) in flush_context.states.items():
             obj = state.obj()
             if listonly or obj is None:
@@ -293,10 +303,21 @@ class Entities:
             identity = state.key if isdelete else mapper.identity_key_from_instance(obj)
             if identity is None or None in identity[1]:
                 continue
-            if isdelete or not self.writes_through(mapper):
-                flushed[identity] = (mapper, None)
-            else:
-                flushed[identity] = (mapper, self._snapshot(state, flushing=True))
+            try:
+                key = self.key(session.get_bind(mapper).engine, mapper, identity[1])
+            except UnkeyableParameter:
+                continue
+            row = None
+            if not isdelete and self.writes_through(mapper):
+                row = self._snapshot(state, flushing=True)
+                marked.append(key)
+            flushed[identity] = (mapper, row, key)
+        if marked:
+            marker = info.get(MARKER)
+            if marker is None:
+                marker = info[MARKER] = _MARKER_PREFIX + os.urandom(8).hex().encode()
+            ttl = max(1, int(self.core.config.lock_timeout * 1000))
+            self.core.store.pipeline([("SET", key, marker, "PX", ttl) for key in marked])
 
     def publish(self, session: Any, tables: set[str]) -> None:
         """After a commit: new tokens for ``tables``, entities written through or removed."""
@@ -305,13 +326,10 @@ class Entities:
             if tables:
                 self.core.invalidate_written(tables)
             return
+        marker = session.info.pop(MARKER, b"")
         writes: list[tuple[str, Mapper[Any], dict[str, Any] | None, list[str]]] = []
-        for identity, (mapper, row) in flushed.items():
+        for mapper, row, key in flushed.values():
             hierarchy = self.hierarchy(mapper)
-            try:
-                key = self.key(session.get_bind(mapper).engine, mapper, identity[1])
-            except UnkeyableParameter:
-                continue
             writes.append((key, mapper, row, hierarchy.tables))
             tables.update(hierarchy.tables)
         all_token = self._all_token
@@ -329,7 +347,10 @@ class Entities:
                 entry = None
                 if row is not None and stamps is not None:
                     entry = self._seal(stamps, mapper, row)
-                out.append(("SET", key, entry, "PX", ttl) if entry else ("DEL", key))
+                if entry:  # only where this transaction's pending marker still stands
+                    out.append(("EVAL", CAS_SET, 1, key, marker, entry, ttl))
+                else:
+                    out.append(("DEL", key))
             return out
 
         self.core.invalidate_written(tables, extra=commands)

@@ -17,7 +17,11 @@ from typing import Any
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.backends.memory import MemoryBackend
 
-from ._store import Mutex
+from ._store import CAS_SET, Mutex
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def redis_glob(pattern: str) -> re.Pattern[str]:
@@ -113,6 +117,12 @@ class MemoryIO:
                 self._backend.delete(k)
                 self._keys.discard(k)
             return found
+        if name == "EVAL" and args[0] == CAS_SET:
+            _, _, key, expected, new, ttl = args
+            current = self._get(key)
+            if current is None or current != _as_bytes(expected):
+                return 0
+            return self._set(key, [new, "PX", ttl])
         raise NotImplementedError(f"MemoryIO does not implement {name}")
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 
 from ._core_commit import COMMITTING, SESSION_OWNED
-from ._entities import FLUSHED
+from ._entities import FLUSHED, MARKER
 from ._options import CachedOption
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class SessionHooks:
     def after_transaction_end(self, session: Any, transaction: Any) -> None:
         if transaction.parent is None:
             info = session.info
-            for key in (CONNECTIONS, FLUSHED):
+            for key in (CONNECTIONS, FLUSHED, MARKER):
                 info.pop(key, None)
 
     _EVENTS = (

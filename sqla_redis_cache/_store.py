@@ -44,6 +44,13 @@ class _Failed:
 FAILED: Any = _Failed()
 """Returned by :class:`Store` calls when Redis could not be used."""
 
+#: Single-key compare-and-set: ``EVAL CAS_SET 1 key expected new ttl_ms`` replaces the value
+#: only if it still equals ``expected`` (Cluster-safe: one key).
+CAS_SET = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end return 0"
+)
+
 
 class Mutex(Protocol):
     def acquire(self, wait: bool = True) -> bool: ...

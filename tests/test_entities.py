@@ -219,3 +219,50 @@ def test_redis_down_never_breaks_get_or_commit(db: Database) -> None:
         assert qc.stats().errors >= 1
     finally:
         qc.close()
+
+
+def test_a_late_publish_of_an_older_commit_never_wins(
+    pg: Database, cache: QueryCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commits of one row publish in the opposite order: the newer values must stay."""
+    import threading
+
+    cache.attach(pg.Session)
+    entities = cache._core.entities
+    real_publish = entities.publish
+    older_may_publish = threading.Event()
+    older: list[object] = []
+
+    def publish(session: object, tables: set[str]) -> None:
+        if session in older:  # hold the first commit's publish until the second one published
+            assert older_may_publish.wait(10)
+        real_publish(session, tables)
+
+    monkeypatch.setattr(entities, "publish", publish)
+
+    def first_writer() -> None:
+        with pg.Session() as s:
+            older.append(s)
+            user = s.get(User, 1)
+            assert user is not None
+            user.name = "older"
+            s.commit()
+
+    thread = threading.Thread(target=first_writer)
+    thread.start()
+    for _ in range(200):  # until the first commit is in the database
+        with pg.Session() as s:
+            if s.get(User, 1).name == "older":  # type: ignore[union-attr]
+                break
+        threading.Event().wait(0.01)
+    with pg.Session() as s:
+        user = s.get(User, 1)
+        assert user is not None
+        user.name = "newer"
+        s.commit()
+    older_may_publish.set()
+    thread.join()
+    with pg.Session() as s:
+        assert s.get(User, 1, options=[cached()]).name == "newer"  # type: ignore[union-attr]
+    with pg.Session() as s, pg.counter.expect(0):
+        assert s.get(User, 1, options=[cached()]).name == "newer"  # type: ignore[union-attr]
