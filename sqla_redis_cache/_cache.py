@@ -55,7 +55,9 @@ class Core:
             io = SyncIO(make_sync_client(config), cluster=config.cluster)
         self.store = Store(io, config, self.stats)
         self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
-        self.codec = EntryCodec(config.secret, config.compress_threshold, config.max_entry_bytes)
+        self.codec = EntryCodec(
+            config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
+        )
         self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
         self.engine_hooks = EngineHooks(self)
         self.session_hooks = SessionHooks(self)
@@ -219,6 +221,7 @@ class QueryCache:
         self._flusher.stop()
         if self.config.stats_interval:
             self.flush_stats()
+        self._core.reader.close()
         self._core.store.io.close()
         if self._core.store.io_selector is not None:
             self._async_router().forget()
