@@ -1,0 +1,131 @@
+"""Freshness under concurrency: no reader ever sees a value older than a returned commit.
+
+The consistency run (``_faults.run_consistency``) has one writer commit 1, 2, 3, ... while
+readers run the same cached query; a read is stale when it returns less than the last value
+whose commit had returned before the read began.  The same run is repeated under Redis
+eviction and restarts in ``test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import sessionmaker
+
+from sqla_redis_cache import QueryCache, cached
+
+from ._faults import run_consistency, set_balance
+from .conftest import Database
+from .models import Org, User
+
+BALANCE = select(User.balance).where(User.id == 1).options(cached())
+
+
+def balance(Session_: Any, stmt: Any = BALANCE) -> int:
+    with Session_() as s:
+        return int(s.scalar(stmt))
+
+
+def test_consistency_zero_stale_reads(
+    pg: Database, cache: QueryCache, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache.attach(pg.Session)
+    result = run_consistency(pg.Session, cache, commits=150, readers=4)
+    with capsys.disabled():
+        print(
+            f"\n[consistency] {result.reads} reads, {result.commits} commits, "
+            f"{result.hits} hits, {len(result.stale)} stale"
+        )
+    assert result.errors == []
+    assert result.commits == 150
+    assert result.stale == []
+    assert result.reads > 300 and result.hits > 0  # the cache really served reads
+
+
+def test_commit_during_a_slow_miss_never_leaves_a_stale_entry(
+    pg: Database, cache: QueryCache
+) -> None:
+    """The fill race: the reader's snapshot predates the commit, its late SET is born stale."""
+    cache.attach(pg.Session)
+    set_balance(pg.Session, 1)
+    slow = (
+        select(User.balance, func.pg_sleep(0.6).label("slept"))
+        .where(User.id == 1)
+        .options(cached())
+    )
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(balance(pg.Session, slow)))
+    reader.start()
+    time.sleep(0.25)  # the reader has read the tokens and is inside its query
+    set_balance(pg.Session, 2)  # commits and invalidates while the reader is still querying
+    reader.join(10)
+    assert seen == [1]  # its snapshot predates the commit: correct for that read
+    with pg.counter.expect(1):  # but what it stored must not be served
+        assert balance(pg.Session, slow) == 2
+    with pg.counter.expect(0):
+        assert balance(pg.Session, slow) == 2
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_snapshot_older_than_a_commit_never_fills_the_cache(
+    pg: Database, cache: QueryCache, level: str
+) -> None:
+    snapshot_sessions = sessionmaker(pg.engine.execution_options(isolation_level=level))
+    cache.attach(pg.Session)
+    cache.attach(snapshot_sessions)
+    set_balance(pg.Session, 10)
+    with snapshot_sessions() as old:
+        old.execute(select(Org.id)).all()  # the snapshot is taken here
+        set_balance(pg.Session, 11)  # another session commits after it
+        assert balance(lambda: _Same(old)) == 10  # the snapshot's truth, read uncached
+    with pg.counter.expect(1):
+        assert balance(pg.Session) == 11
+    with pg.counter.expect(0):
+        assert balance(pg.Session) == 11
+
+
+def test_snapshot_isolation_set_on_the_engine(pg: Database, cache: QueryCache) -> None:
+    engine = create_engine(pg.url, isolation_level="REPEATABLE READ")
+    try:
+        snapshot_sessions = sessionmaker(engine)
+        cache.attach(snapshot_sessions)
+        cache.attach(pg.Session)
+        set_balance(pg.Session, 20)
+        with snapshot_sessions() as old:
+            old.execute(select(Org.id)).all()
+            set_balance(pg.Session, 21)
+            assert balance(lambda: _Same(old)) == 20
+        assert balance(pg.Session) == 21
+    finally:
+        engine.dispose()
+
+
+def test_first_statement_of_a_snapshot_transaction_is_cached(
+    pg: Database, cache: QueryCache
+) -> None:
+    """Stamps are read before the snapshot is taken, so the first read may fill the cache."""
+    snapshot_sessions = sessionmaker(pg.engine.execution_options(isolation_level="SERIALIZABLE"))
+    cache.attach(snapshot_sessions)
+    cache.attach(pg.Session)
+    set_balance(pg.Session, 30)
+    with pg.counter.expect(1):
+        assert balance(snapshot_sessions) == 30
+    with pg.counter.expect(0):
+        assert balance(pg.Session) == 30
+
+
+class _Same:
+    """Use an open session as a context manager without closing it."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def __enter__(self) -> Any:
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        pass
