@@ -54,6 +54,7 @@ class FaultServer:
         self._sock.settimeout(0.1)
         self.port: int = self._sock.getsockname()[1]
         self.connections = 0
+        self.requests = 0
         self._stop = threading.Event()
         self._clients: list[socket.socket] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -84,6 +85,7 @@ class FaultServer:
                 return
             if not data:
                 return
+            self.requests += 1
             if self.mode == "disconnect":
                 with contextlib.suppress(OSError):
                     client.sendall(b"*2\r\n$5\r\nhel")  # half a reply

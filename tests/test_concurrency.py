@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
@@ -68,6 +69,34 @@ def test_commit_during_a_slow_miss_never_leaves_a_stale_entry(
         assert balance(pg.Session, slow) == 2
     with pg.counter.expect(0):
         assert balance(pg.Session, slow) == 2
+
+
+def test_a_lost_token_is_a_miss_never_a_stale_hit(
+    pg: Database, cache: QueryCache, redis_url: str
+) -> None:
+    """Eviction or a restart can drop a token after a commit replaced it; whoever creates it
+    again must not revive entries stamped before the commit (tokens are random, not counters).
+    """
+    cache.attach(pg.Session)
+    other = select(User.balance, User.name).where(User.id == 1).options(cached())
+    client = redis.Redis.from_url(redis_url)
+    token_key = f"{cache.config.namespace}:t:app_user"
+    try:
+        set_balance(pg.Session, 40)
+        client.delete(token_key)  # lost: the next fill creates it
+        assert balance(pg.Session) == 40
+        with pg.Session() as s:
+            assert int(s.execute(other).one().balance) == 40  # both stamped with that token
+        set_balance(pg.Session, 41)
+        assert client.delete(token_key) == 1  # ... and lost again
+    finally:
+        client.close()
+    with pg.counter.expect(1):
+        assert balance(pg.Session) == 41  # re-creates the token
+    with pg.counter.expect(1), pg.Session() as s:
+        assert int(s.execute(other).one().balance) == 41  # not revived by it
+    with pg.counter.expect(0):
+        assert balance(pg.Session) == 41
 
 
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
