@@ -111,8 +111,12 @@ class Reader:
         values: Sequence[bytes | None],
         decode: Callable[[Any], Any],
         keep: Callable[[Any], bool] | None,
+        count: bool = True,
     ) -> tuple[float, Any] | None:
-        """(created, decoded value) of a fresh, valid entry; None otherwise."""
+        """(created, decoded value) of a fresh, valid entry; None otherwise.
+
+        ``count``: count a corrupt entry in the stats (once per lookup, not per re-read).
+        """
         entry = values[0]
         if entry is None:
             return None
@@ -127,13 +131,13 @@ class Reader:
         try:
             opened = self.codec.open(entry, None)
         except CorruptEntry:
-            self.stats.corrupt += 1
+            self.stats.corrupt += count
             return None
         assert opened is not None
         try:
             value = decode(opened[1])
         except Exception:
-            self.stats.corrupt += 1
+            self.stats.corrupt += count
             return None
         if keep is not None and keep(value):
             self.near.put(key, mac, opened[0], value)
@@ -179,6 +183,7 @@ class Reader:
             return opened[1], True  # type: ignore[no-any-return]
         fill = _Fill(self, keys, values, build, ttl, encode, decode, compress, keep_local)
         fill.aged = opened is not None
+        fill.opened = opened
         fill.refresh = refresh
         fill.strict = strict
         return fill.run(lock_name or key + ":lock", refresh_after, started)
@@ -213,18 +218,22 @@ class _Fill(Generic[T]):
         self.aged = False
         self.refresh: Callable[[], T] | None = None
         self.strict = False
+        self.opened: tuple[float, Any] | None = None
 
     def value_and_created(self) -> tuple[T, float]:
-        if self.first:
+        if self.first:  # what read() already opened: no second decode
             self.first = False
+            opened = self.opened
         else:
             values = self.reader.store.mget(self.keys)
             self.values = None if values is FAILED else values
-        opened = (
-            None
-            if self.values is None
-            else self.reader._open(self.keys[0], self.values, self.decode, self.keep_local)
-        )
+            opened = (
+                None
+                if self.values is None
+                else self.reader._open(
+                    self.keys[0], self.values, self.decode, self.keep_local, count=False
+                )
+            )
         if opened is None:
             raise NeedRegenerationException()
         return opened[1], opened[0]
