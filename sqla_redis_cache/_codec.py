@@ -92,6 +92,7 @@ def _lz4() -> Compressor:
 
 _FACTORIES: dict[str, Callable[[], Compressor]] = {"zlib": _zlib, "zstd": _zstd, "lz4": _lz4}
 _IDS = {0: "zlib", 1: "zstd", 2: "lz4"}
+COMPRESSORS = tuple(_FACTORIES)
 _LOADED: dict[str, Compressor] = {}
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import UserDefinedOption
 
+from ._codec import COMPRESSORS
+
 
 @dataclass(frozen=True, slots=True)
 class CacheDirective:
@@ -81,6 +83,8 @@ def cached(
         raise ValueError("refresh_after must be positive")
     if compress is not None and not isinstance(compress, bool | str):
         raise TypeError("compress must be None, a bool or a compressor name")
+    if isinstance(compress, str) and compress not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {compress!r}; choose one of {', '.join(COMPRESSORS)}")
     return CachedOption(
         CacheDirective(
             region=region,
