@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import pickle
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -79,9 +80,24 @@ def _zlib() -> Compressor:
 def _zstd() -> Compressor:
     import zstandard  # optional: the ``zstd`` extra
 
-    return Compressor(
-        1, "zstd", lambda b: zstandard.compress(b, 3), lambda b: zstandard.decompress(bytes(b))
-    )
+    # contexts are costly to create (~15 us) and not thread-safe: one pair per thread
+    local = threading.local()
+
+    def compress(data: bytes) -> bytes:
+        ctx = getattr(local, "c", None)
+        if ctx is None:
+            ctx = local.c = zstandard.ZstdCompressor(level=3)
+        out: bytes = ctx.compress(data)
+        return out
+
+    def decompress(data: bytes | memoryview) -> bytes:
+        ctx = getattr(local, "d", None)
+        if ctx is None:
+            ctx = local.d = zstandard.ZstdDecompressor()
+        out: bytes = ctx.decompress(data)
+        return out
+
+    return Compressor(1, "zstd", compress, decompress)
 
 
 def _lz4() -> Compressor:
