@@ -290,7 +290,12 @@ class _Fill(Generic[T]):
     def run(self, lock_name: str, refresh_after: float | None, started: float) -> tuple[T, bool]:
         reader = self.reader
         mutex = reader.store.lock(lock_name)
-        background = self.refresh_in_background if self.refresh is not None else None
+        # background threads cannot drive an event loop's I/O: refresh inline there
+        background = (
+            self.refresh_in_background
+            if self.refresh is not None and not reader.store.routed
+            else None
+        )
         lock = Lock(mutex, self.create, self.value_and_created, refresh_after, background)  # type: ignore[no-untyped-call]
         with lock as value:
             result: T = value

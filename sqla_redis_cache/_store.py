@@ -281,6 +281,11 @@ class Store:
         self._select = selector
 
     @property
+    def routed(self) -> bool:
+        """True when this call's I/O is the selector's (an event loop's), not the default."""
+        return self._select is not None and self._select() is not None
+
+    @property
     def available(self) -> bool:
         return self.breaker.allow()
 

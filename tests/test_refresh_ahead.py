@@ -208,3 +208,29 @@ def test_awarm_awaits_async_callables(redis_url: str, namespace: str) -> None:
 def test_warmup_rejects_non_callables(cache: QueryCache) -> None:
     with pytest.raises(TypeError, match="callable"):
         cache.warmup(42)  # type: ignore[call-overload]
+
+
+def test_async_get_or_set_past_the_soft_ttl_refreshes_inline(
+    redis_url: str, namespace: str
+) -> None:
+    """A background thread cannot drive the loop's Redis I/O: the lock winner refreshes."""
+    regions = {"metrics": RegionConfig(60, refresh_after=0.2)}
+    calls: list[int] = []
+
+    async def creator() -> int:
+        await asyncio.sleep(0)
+        calls.append(1)
+        return len(calls)
+
+    async def main(qc: QueryCache) -> list[int]:
+        try:
+            first = await qc.aget_or_set("m", creator, region="metrics")
+            await asyncio.sleep(0.25)
+            second = await qc.aget_or_set("m", creator, region="metrics")
+            third = await qc.aget_or_set("m", creator, region="metrics")
+            return [first, second, third]
+        finally:
+            await qc.aclose()
+
+    with custom_cache(redis_url, namespace, regions=regions) as qc:
+        assert asyncio.run(main(qc)) == [1, 2, 2]
