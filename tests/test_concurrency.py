@@ -3,18 +3,16 @@
 The consistency run (``_faults.run_consistency``) has one writer commit 1, 2, 3, ... while
 readers run the same cached query; a read is stale when it returns less than the last value
 whose commit had returned before the read began.  The same run is repeated under Redis
-eviction and restarts in ``test_faults.py``.
+eviction and restarts in ``test_faults.py``; the single fill race is in ``test_freshness.py``.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
@@ -47,30 +45,6 @@ def test_consistency_zero_stale_reads(
     assert result.reads > 200 and result.hits > 100  # the cache really served reads
 
 
-def test_commit_during_a_slow_miss_never_leaves_a_stale_entry(
-    pg: Database, cache: QueryCache
-) -> None:
-    """The fill race: the reader's snapshot predates the commit, its late SET is born stale."""
-    cache.attach(pg.Session)
-    set_balance(pg.Session, 1)
-    slow = (
-        select(User.balance, func.pg_sleep(0.6).label("slept"))
-        .where(User.id == 1)
-        .options(cached())
-    )
-    seen: list[int] = []
-    reader = threading.Thread(target=lambda: seen.append(balance(pg.Session, slow)))
-    reader.start()
-    time.sleep(0.25)  # the reader has read the tokens and is inside its query
-    set_balance(pg.Session, 2)  # commits and invalidates while the reader is still querying
-    reader.join(10)
-    assert seen == [1]  # its snapshot predates the commit: correct for that read
-    with pg.counter.expect(1):  # but what it stored must not be served
-        assert balance(pg.Session, slow) == 2
-    with pg.counter.expect(0):
-        assert balance(pg.Session, slow) == 2
-
-
 def test_a_lost_token_is_a_miss_never_a_stale_hit(
     pg: Database, cache: QueryCache, redis_url: str
 ) -> None:
@@ -99,11 +73,11 @@ def test_a_lost_token_is_a_miss_never_a_stale_hit(
         assert balance(pg.Session) == 41
 
 
-@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
-def test_snapshot_older_than_a_commit_never_fills_the_cache(
-    pg: Database, cache: QueryCache, level: str
+def test_serializable_snapshot_older_than_a_commit_never_fills_the_cache(
+    pg: Database, cache: QueryCache
 ) -> None:
-    snapshot_sessions = sessionmaker(pg.engine.execution_options(isolation_level=level))
+    """REPEATABLE READ: test_freshness.py; here SERIALIZABLE and the engine-level setting."""
+    snapshot_sessions = sessionmaker(pg.engine.execution_options(isolation_level="SERIALIZABLE"))
     cache.attach(pg.Session)
     cache.attach(snapshot_sessions)
     set_balance(pg.Session, 10)
@@ -131,20 +105,6 @@ def test_snapshot_isolation_set_on_the_engine(pg: Database, cache: QueryCache) -
         assert balance(pg.Session) == 21
     finally:
         engine.dispose()
-
-
-def test_first_statement_of_a_snapshot_transaction_is_cached(
-    pg: Database, cache: QueryCache
-) -> None:
-    """Stamps are read before the snapshot is taken, so the first read may fill the cache."""
-    snapshot_sessions = sessionmaker(pg.engine.execution_options(isolation_level="SERIALIZABLE"))
-    cache.attach(snapshot_sessions)
-    cache.attach(pg.Session)
-    set_balance(pg.Session, 30)
-    with pg.counter.expect(1):
-        assert balance(snapshot_sessions) == 30
-    with pg.counter.expect(0):
-        assert balance(pg.Session) == 30
 
 
 class _Same:
