@@ -222,6 +222,7 @@ class QueryCache:
         if self.config.stats_interval:
             self.flush_stats()
         self._core.reader.close()
+        self._core.store.breaker.stop()
         self._core.store.io.close()
         if self._core.store.io_selector is not None:
             self._async_router().forget()

@@ -4,10 +4,10 @@ Every call the cache makes to Redis goes through :class:`Store`, which turns Red
 ``FAILED`` sentinel (the caller then runs the query against the database), counts them, logs a
 rate-limited warning and feeds a circuit breaker: after ``breaker_threshold`` consecutive
 failures Redis is not called at all, so a dead Redis costs a request an attribute check instead
-of a connect timeout.  Once ``breaker_cooldown`` has passed, one *background* thread probes
-Redis; requests keep skipping it until the probe succeeds.  No request thread ever waits on a
-Redis known to be down: the only requests that pay a timeout are the ``breaker_threshold`` ones
-that discover the outage.
+of a connect timeout.  Meanwhile a *background* thread probes Redis every ``breaker_cooldown``
+seconds and closes the breaker when it answers.  No request thread ever waits on a Redis known
+to be down: the only requests that pay a timeout are the ``breaker_threshold`` ones that
+discover the outage.
 
 The actual commands go through a :class:`RedisIO`.  :class:`SyncIO` wraps a redis-py client,
 standalone or cluster: it only ever sends single-key commands, or MGET on a standalone server,
@@ -182,13 +182,23 @@ class Breaker:
     """Consecutive-failure circuit breaker whose half-open probe runs in the background.
 
     Closed: every call goes to Redis.  After ``threshold`` consecutive failures it opens: calls
-    are refused (the caller uses the database) for ``cooldown`` seconds.  The first call after
-    the cool-down starts ``probe`` in a daemon thread and is refused too; the probe closes the
-    breaker on success or opens it for another cool-down.  ``allow()`` on the closed path is one
-    attribute test, so the hit path pays nothing for it.
+    are refused (the caller uses the database) and a daemon thread takes over, calling ``probe``
+    every ``cooldown`` seconds until one succeeds, which closes the breaker.  No request ever
+    waits for a probe, and the cache recovers even without traffic.  ``allow()`` on the closed
+    path is one attribute test, so the hit path pays nothing for it.  Without a ``probe`` the
+    first call after the cool-down is the probe (classic half-open).
     """
 
-    __slots__ = ("_lock", "_probe", "_probing", "cooldown", "failures", "open_until", "threshold")
+    __slots__ = (
+        "_lock",
+        "_probe",
+        "_probing",
+        "_stopped",
+        "cooldown",
+        "failures",
+        "open_until",
+        "threshold",
+    )
 
     def __init__(
         self, threshold: int, cooldown: float, probe: Callable[[], object] | None = None
@@ -200,6 +210,7 @@ class Breaker:
         self._probe = probe
         self._probing = False
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
 
     @property
     def is_open(self) -> bool:
@@ -208,29 +219,9 @@ class Breaker:
     def allow(self) -> bool:
         if not self.open_until:
             return True
-        if self._probe is None:  # no background probe: the next call is the probe
+        if self._probe is None:
             return time.monotonic() >= self.open_until
-        if time.monotonic() >= self.open_until and not self._probing:
-            self._start_probe()
         return False
-
-    def _start_probe(self) -> None:
-        with self._lock:
-            if self._probing or not self.open_until:
-                return
-            self._probing = True
-        threading.Thread(target=self._run_probe, name="sqla-redis-cache-probe", daemon=True).start()
-
-    def _run_probe(self) -> None:
-        try:
-            assert self._probe is not None
-            self._probe()
-        except Exception:
-            self.open_until = time.monotonic() + self.cooldown
-        else:
-            self.success()
-        finally:
-            self._probing = False
 
     def success(self) -> None:
         if self.failures or self.open_until:
@@ -241,6 +232,39 @@ class Breaker:
         self.failures += 1
         if self.failures >= self.threshold:
             self.open_until = time.monotonic() + self.cooldown
+            if self._probe is not None:
+                self._start_probing()
+
+    def stop(self) -> None:
+        """Stop probing for good (the cache is closed)."""
+        self._stopped.set()
+
+    def _start_probing(self) -> None:
+        with self._lock:
+            if self._probing or self._stopped.is_set():
+                return
+            self._probing = True
+        threading.Thread(
+            target=self._probe_loop, name="sqla-redis-cache-probe", daemon=True
+        ).start()
+
+    def _probe_loop(self) -> None:
+        assert self._probe is not None
+        try:
+            while self.open_until and not self._stopped.wait(
+                max(0.0, self.open_until - time.monotonic())
+            ):
+                try:
+                    self._probe()
+                except Exception:
+                    self.open_until = time.monotonic() + self.cooldown
+                else:
+                    self.success()
+        finally:
+            with self._lock:
+                self._probing = False
+        if self.open_until:  # re-opened while this thread was finishing
+            self._start_probing()
 
 
 class Store:
