@@ -505,8 +505,15 @@ class QueryCache:
             return lambda f: self._warmup.register(f, name)
         return self._warmup.register(fn, name)
 
-    def warm(self) -> dict[str, dict[str, Any]]:
-        """Run every warm-up callable; ``{name: {"ok": bool, "result" | "error": ...}}``."""
+    def warm(self, *, startup: bool = False) -> dict[str, dict[str, Any]]:
+        """Run every warm-up callable; ``{name: {"ok": bool, "result" | "error": ...}}``.
+
+        ``startup=True`` runs them only when ``CacheConfig.warmup`` is set (``CACHE_WARMUP=true``
+        for :meth:`from_env`, the seed's switch) and returns ``{}`` otherwise, so start-up code
+        can call it unconditionally.
+        """
+        if startup and not self.config.warmup:
+            return {}
         return self._warmup.run()
 
     def __repr__(self) -> str:

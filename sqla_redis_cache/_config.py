@@ -77,7 +77,7 @@ class CacheConfig:
     max_entry_bytes: int = 16 * 1024 * 1024
     #: compressor above the threshold: "zlib", or "zstd" / "lz4" when their package is installed
     compression: str = "zlib"
-    #: run the registered warm-up callables at start-up (``QueryCache.warm(startup=True)``)
+    #: run the registered warm-up callables at start-up: ``QueryCache.warm(startup=True)``
     warmup: bool = False
     #: key for signing entries (HMAC); enables pickle for values msgpack cannot encode
     secret: bytes | None = None

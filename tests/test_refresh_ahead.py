@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.engine import Engine
 
-from sqla_redis_cache import QueryCache, RegionConfig, WarmupReport, cached
+from sqla_redis_cache import QueryCache, RegionConfig, cached
 
 from ._faults import custom_cache, set_balance
 from .conftest import Database
@@ -152,23 +152,24 @@ def test_warm_runs_registered_callables_and_fills_the_cache(
     cache.attach(pg.Session)
     stmt = select(User).where(User.org_id == 2).order_by(User.id).options(cached())
 
-    @cache.warmup
-    def org_two() -> None:
+    @cache.register_warmup
+    def org_two() -> int:
         with pg.Session() as s:
-            s.scalars(stmt).all()
+            return len(s.scalars(stmt).all())
 
-    @cache.warmup(name="broken")
+    @cache.register_warmup(name="broken")
     def broken() -> None:
         raise RuntimeError("boom")
 
-    cache.warmup(lambda: cache.set("greeting", "hello"), name="greeting")
+    cache.register_warmup(lambda: cache.set("greeting", "hello"), name="greeting")
     with pg.counter.expect(1):
         report = cache.warm()
-    assert isinstance(report, WarmupReport)
-    assert report.ran == (org_two.__module__ + "." + org_two.__qualname__, "greeting")
-    assert report.failed == {"broken": "RuntimeError: boom"}
-    assert not report.ok
-    with pg.counter.expect(0), pg.Session() as s:
+    assert report == {
+        f"{org_two.__module__}.{org_two.__qualname__}": {"ok": True, "result": 3},
+        "broken": {"ok": False, "error": "RuntimeError: boom"},
+        "greeting": {"ok": True, "result": True},
+    }
+    with pg.counter.expect(0), pg.Session() as s:  # warmed: served without SQL
         assert [u.id for u in s.scalars(stmt)] == [4, 5, 6]
     assert cache.get("greeting") == "hello"
 
@@ -181,33 +182,13 @@ def test_startup_warming_follows_cache_warmup(redis_url: str, namespace: str) ->
     )
     try:
         for qc in (off, on):
-            qc.warmup(lambda: ran.append("x"), name="x")
-        assert off.warm(startup=True).skipped and ran == []
-        assert on.warm(startup=True).ran == ("x",) and ran == ["x"]
-        assert off.warm().ran == ("x",)  # on demand it always runs
+            qc.register_warmup(lambda: ran.append("x"), name="x")
+        assert off.warm(startup=True) == {} and ran == []
+        assert on.warm(startup=True) == {"x": {"ok": True, "result": None}} and ran == ["x"]
+        assert off.warm()["x"]["ok"] and ran == ["x", "x"]  # on demand it always runs
     finally:
         off.close()
         on.close()
-
-
-def test_awarm_awaits_async_callables(redis_url: str, namespace: str) -> None:
-    with custom_cache(redis_url, namespace, warmup=True) as qc:
-        done: list[str] = []
-
-        @qc.warmup
-        async def fill() -> None:
-            await asyncio.sleep(0)
-            done.append("async")
-
-        qc.warmup(lambda: done.append("sync"), name="sync")
-        report = asyncio.run(qc.awarm(startup=True))
-        assert report.ok and done == ["async", "sync"]
-        assert qc.warm().ok and done == ["async", "sync", "async", "sync"]
-
-
-def test_warmup_rejects_non_callables(cache: QueryCache) -> None:
-    with pytest.raises(TypeError, match="callable"):
-        cache.warmup(42)  # type: ignore[call-overload]
 
 
 def test_async_get_or_set_past_the_soft_ttl_refreshes_inline(
