@@ -55,7 +55,9 @@ class Core:
             io = SyncIO(make_sync_client(config), cluster=config.cluster)
         self.store = Store(io, config, self.stats)
         self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
-        self.codec = EntryCodec(config.secret, config.compress_threshold, config.max_entry_bytes)
+        self.codec = EntryCodec(
+            config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
+        )
         self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
         self.engine_hooks = EngineHooks(self)
         self.session_hooks = SessionHooks(self)
@@ -219,6 +221,8 @@ class QueryCache:
         self._flusher.stop()
         if self.config.stats_interval:
             self.flush_stats()
+        self._core.reader.close()
+        self._core.store.breaker.stop()
         self._core.store.io.close()
         if self._core.store.io_selector is not None:
             self._async_router().forget()
@@ -501,8 +505,15 @@ class QueryCache:
             return lambda f: self._warmup.register(f, name)
         return self._warmup.register(fn, name)
 
-    def warm(self) -> dict[str, dict[str, Any]]:
-        """Run every warm-up callable; ``{name: {"ok": bool, "result" | "error": ...}}``."""
+    def warm(self, *, startup: bool = False) -> dict[str, dict[str, Any]]:
+        """Run every warm-up callable; ``{name: {"ok": bool, "result" | "error": ...}}``.
+
+        ``startup=True`` runs them only when ``CacheConfig.warmup`` is set (``CACHE_WARMUP=true``
+        for :meth:`from_env`, the seed's switch) and returns ``{}`` otherwise, so start-up code
+        can call it unconditionally.
+        """
+        if startup and not self.config.warmup:
+            return {}
         return self._warmup.run()
 
     def __repr__(self) -> str:

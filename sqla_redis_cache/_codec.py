@@ -15,8 +15,13 @@ Payloads are msgpack with a handful of extension types for the values database d
 (datetime, Decimal, UUID, ...), which cannot execute code when decoded.  Pickle is used only for
 values msgpack cannot encode, and only when a secret is configured, so nothing is ever unpickled
 from Redis unless it was signed with that secret.  Like JSON, msgpack has one sequence type:
-tuples inside values come back as lists (result rows are turned back into tuples).  Payloads
-above ``compress_threshold`` bytes are zlib-compressed (the seed guide's 1 KB rule).
+tuples inside values come back as lists (result rows are turned back into tuples).
+
+Payloads above ``compress_threshold`` bytes are compressed (the seed guide's 1 KB rule) with the
+configured compressor: zlib (always available), zstd (``zstandard``) or lz4 (``lz4``), the
+optional ones imported only when used.  The compressor's id travels in the flags byte, under
+the MAC, so any cache can read any entry whose compressor is installed; one it cannot
+decompress is a miss.  docs/reliability.md has the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -27,16 +32,20 @@ import hashlib
 import hmac
 import pickle
 import struct
+import threading
 import time
 import uuid
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import msgpack
 
 VERSION = 1
 _F_COMPRESSED = 1
 _F_PICKLE = 2
+_F_COMPRESSOR = 0b1100  # compressor id << 2
+_F_KNOWN = _F_COMPRESSED | _F_PICKLE | _F_COMPRESSOR
 _HEADER = struct.Struct("!BB16sH")
 _CREATED = struct.Struct("!d")
 _UNSIGNED_KEY = b"sqla-redis-cache/unsigned-entry"
@@ -51,6 +60,82 @@ class CorruptEntry(ValueError):
 
 class Unencodable(TypeError):
     """A value this codec cannot store."""
+
+
+class EntryTooLarge(Unencodable):
+    """A value whose entry would exceed ``max_entry_bytes``."""
+
+
+class Compressor(NamedTuple):
+    id: int
+    name: str
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes | memoryview], bytes]
+
+
+def _zlib() -> Compressor:
+    return Compressor(0, "zlib", lambda b: zlib.compress(b, 1), zlib.decompress)
+
+
+def _zstd() -> Compressor:
+    import zstandard  # optional: the ``zstd`` extra
+
+    # contexts are costly to create (~15 us) and not thread-safe: one pair per thread
+    local = threading.local()
+
+    def compress(data: bytes) -> bytes:
+        ctx = getattr(local, "c", None)
+        if ctx is None:
+            ctx = local.c = zstandard.ZstdCompressor(level=3)
+        out: bytes = ctx.compress(data)
+        return out
+
+    def decompress(data: bytes | memoryview) -> bytes:
+        ctx = getattr(local, "d", None)
+        if ctx is None:
+            ctx = local.d = zstandard.ZstdDecompressor()
+        out: bytes = ctx.decompress(data)
+        return out
+
+    return Compressor(1, "zstd", compress, decompress)
+
+
+def _lz4() -> Compressor:
+    import lz4.frame  # optional: the ``lz4`` extra
+
+    return Compressor(2, "lz4", lz4.frame.compress, lz4.frame.decompress)
+
+
+_FACTORIES: dict[str, Callable[[], Compressor]] = {"zlib": _zlib, "zstd": _zstd, "lz4": _lz4}
+_IDS = {0: "zlib", 1: "zstd", 2: "lz4"}
+COMPRESSORS = tuple(_FACTORIES)
+_LOADED: dict[str, Compressor] = {}
+
+
+def compressor(name: str) -> Compressor:
+    """The compressor called ``name``; ImportError if its package is missing."""
+    found = _LOADED.get(name)
+    if found is None:
+        try:
+            factory = _FACTORIES[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown compressor {name!r}; choose one of {', '.join(_FACTORIES)}"
+            ) from None
+        found = _LOADED[name] = factory()
+    return found
+
+
+def available_compressors() -> list[str]:
+    """Names of the compressors whose packages are installed."""
+    names = []
+    for name in _FACTORIES:
+        try:
+            compressor(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
 
 
 def _default(obj: Any) -> Any:
@@ -101,23 +186,32 @@ def _unpackb(data: bytes | memoryview) -> Any:
 class EntryCodec:
     """Seals values into entries and opens them again."""
 
-    __slots__ = ("_key", "allow_pickle", "compress_threshold", "max_bytes")
+    __slots__ = ("_key", "allow_pickle", "compress_threshold", "compressor", "max_bytes")
 
     def __init__(
-        self, secret: bytes | None, compress_threshold: int = 1024, max_bytes: int = 1 << 24
+        self,
+        secret: bytes | None,
+        compress_threshold: int = 1024,
+        max_bytes: int = 1 << 24,
+        compression: str = "zlib",
     ) -> None:
         self._key = hashlib.blake2b(secret or _UNSIGNED_KEY, digest_size=32).digest()
         self.allow_pickle = secret is not None
         self.compress_threshold = compress_threshold
         self.max_bytes = max_bytes
+        self.compressor = compressor(compression)
 
     def _mac(self, flags: int, body: bytes | memoryview) -> bytes:
         mac = hashlib.blake2b(bytes((VERSION, flags)), key=self._key, digest_size=16)
         mac.update(body)
         return mac.digest()
 
-    def encode_payload(self, value: Any, compress: bool | None = None) -> tuple[int, bytes]:
-        """Serialise ``value``; returns (flags, payload)."""
+    def encode_payload(self, value: Any, compress: bool | str | None = None) -> tuple[int, bytes]:
+        """Serialise ``value``; returns (flags, payload).
+
+        ``compress``: None compresses above the threshold with the configured compressor, a
+        bool forces it on or off, a compressor name ("zlib", "zstd", "lz4") forces that one.
+        """
         flags = 0
         try:
             payload = _packb(value)
@@ -132,8 +226,12 @@ class EntryCodec:
         if compress is None:
             compress = len(payload) > self.compress_threshold
         if compress:
-            payload = zlib.compress(payload, 1)
-            flags |= _F_COMPRESSED
+            try:
+                packer = self.compressor if compress is True else compressor(compress)
+            except ImportError as exc:
+                raise Unencodable(f"compressor {compress!r} is not installed") from exc
+            payload = packer.compress(payload)
+            flags |= _F_COMPRESSED | (packer.id << 2)
         return flags, payload
 
     def seal(
@@ -141,7 +239,7 @@ class EntryCodec:
         stamps: bytes,
         value: Any,
         *,
-        compress: bool | None = None,
+        compress: bool | str | None = None,
         created: float | None = None,
     ) -> bytes:
         flags, payload = self.encode_payload(value, compress)
@@ -155,7 +253,9 @@ class EntryCodec:
         )
         entry = bytes((VERSION, flags)) + self._mac(flags, body) + body
         if len(entry) > self.max_bytes:
-            raise Unencodable(f"entry of {len(entry)} bytes exceeds max_entry_bytes")
+            raise EntryTooLarge(
+                f"entry of {len(entry)} bytes exceeds max_entry_bytes={self.max_bytes}"
+            )
         return entry
 
     @staticmethod
@@ -192,9 +292,11 @@ class EntryCodec:
 
     def decode_payload(self, flags: int, payload: bytes | memoryview) -> Any:
         """Inverse of :meth:`encode_payload`; the caller has verified the MAC."""
+        if flags & ~_F_KNOWN:
+            raise CorruptEntry(f"unknown flags {flags:#x}")
         try:
             if flags & _F_COMPRESSED:
-                payload = zlib.decompress(payload)
+                payload = compressor(_IDS[(flags & _F_COMPRESSOR) >> 2]).decompress(payload)
             if flags & _F_PICKLE:
                 if not self.allow_pickle:
                     raise CorruptEntry("pickled entry but no secret configured")

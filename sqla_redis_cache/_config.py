@@ -75,6 +75,10 @@ class CacheConfig:
     compress_threshold: int = 1024
     #: entries larger than this (after compression) are not stored
     max_entry_bytes: int = 16 * 1024 * 1024
+    #: compressor above the threshold: "zlib", or "zstd" / "lz4" when their package is installed
+    compression: str = "zlib"
+    #: run the registered warm-up callables at start-up: ``QueryCache.warm(startup=True)``
+    warmup: bool = False
     #: key for signing entries (HMAC); enables pickle for values msgpack cannot encode
     secret: bytes | None = None
     #: stampede lock: how long a holder may keep it, and how long others wait for it
@@ -120,6 +124,14 @@ class CacheConfig:
             or not all(isinstance(n, str) and n for n in self.write_through)
         ):
             raise ConfigurationError("write_through must be a bool or a list of class/table names")
+        if self.breaker_threshold < 1 or self.breaker_cooldown <= 0:
+            raise ConfigurationError("breaker_threshold must be >= 1 and breaker_cooldown > 0")
+        from ._codec import compressor
+
+        try:
+            compressor(self.compression)
+        except (ValueError, ImportError) as exc:
+            raise ConfigurationError(f"compression={self.compression!r}: {exc}") from None
 
     def region(self, name: str | None) -> RegionConfig:
         try:
@@ -155,11 +167,16 @@ class CacheConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **settings: Any) -> CacheConfig:
         """Read the seed guide's variables: ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/
-        ``PASSWORD``/``DB``/``TLS_ENABLED``; ``SQLA_CACHE_SECRET`` for signing."""
+        ``PASSWORD``/``DB``/``TLS_ENABLED``; ``SQLA_CACHE_SECRET`` for signing,
+        ``SQLA_CACHE_COMPRESSION`` for the compressor, ``CACHE_WARMUP`` for start-up warming."""
         env = os.environ if environ is None else environ
         url = env.get("REDIS_URL") or _url_from_parts(env)
         if "secret" not in settings and env.get("SQLA_CACHE_SECRET"):
             settings["secret"] = env["SQLA_CACHE_SECRET"].encode()
+        if "compression" not in settings and env.get("SQLA_CACHE_COMPRESSION"):
+            settings["compression"] = env["SQLA_CACHE_COMPRESSION"].strip().lower()
+        if "warmup" not in settings and "CACHE_WARMUP" in env:
+            settings["warmup"] = _truthy(env["CACHE_WARMUP"])
         return cls.from_url(url, **settings)
 
 

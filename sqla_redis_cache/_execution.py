@@ -63,6 +63,34 @@ def _snapshot_isolated(conn: Any) -> bool:
     return level in _SNAPSHOT_LEVELS
 
 
+def detached(engine: Any, statement: str, parameters: Any) -> Any:
+    """A builder for refresh-ahead that runs ``statement`` on its own pooled connection.
+
+    None for async drivers, whose connections cannot be used from a plain thread (the lock
+    winner then refreshes inline).
+    """
+    if engine.dialect.is_async:
+        return None
+
+    def build() -> tuple[Any, list[Any]]:
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                if parameters is None:
+                    cursor.execute(statement)
+                else:
+                    cursor.execute(statement, parameters)
+                description = cursor.description
+                return description, (cursor.fetchall() if description is not None else [])
+            finally:
+                cursor.close()
+        finally:
+            raw.close()  # back to the pool, which rolls back
+
+    return build
+
+
 class EngineHooks:
     """The listeners one cache installs on each engine it serves."""
 
@@ -135,15 +163,18 @@ class EngineHooks:
             description = cursor.description
             return description, (cursor.fetchall() if description is not None else [])
 
+        refresh_after = directive.refresh_after or region.refresh_after
         (description, rows), hit = core.reader.read(
             key,
             self._dependencies(tables, directive.tags),
             build,
             ttl=directive.ttl or region.ttl,
-            refresh_after=region.refresh_after,
+            refresh_after=refresh_after,
             encode=encode_result,
             decode=decode_result,
+            compress=directive.compress,
             keep_local=immutable_rows,
+            refresh=None if refresh_after is None else detached(conn.engine, statement, parameters),
         )
         if description is None:  # not a row-returning statement after all: leave it be
             return True

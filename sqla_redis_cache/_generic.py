@@ -8,6 +8,10 @@ the entry); ``get_or_set`` knows the tags up front and reads everything in one.
 
 Keys and tags are literal strings everywhere (glob characters included) except in
 ``delete_pattern``, whose argument is a Redis glob relative to the namespace.
+
+Bad input raises before anything is written: a value the codec cannot encode is a TypeError,
+one whose entry exceeds ``max_entry_bytes`` a ValueError (``get_or_set`` raises them too, after
+running the creator, rather than silently caching nothing).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._codec import CorruptEntry, EntryCodec, Unencodable
+from ._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
 from ._options import _clean
 from ._store import FAILED
 from ._versions import Versions
@@ -40,13 +44,19 @@ def _ttl(core: Core, ttl: float | None, region: str | None) -> float:
     return core.config.region(region).ttl
 
 
+def _bad_value(what: str, exc: Unencodable) -> Exception:
+    if isinstance(exc, EntryTooLarge):
+        return ValueError(f"{what} is too large to cache: {exc}")
+    return TypeError(f"cannot cache {what}: {exc}")
+
+
 def seal_value(
-    core: Core, stamps: bytes, tags: Sequence[str], value: Any, compress: bool | None
+    core: Core, stamps: bytes, tags: Sequence[str], value: Any, compress: bool | str | None
 ) -> bytes:
     try:
         return core.codec.seal(stamps, [list(tags), value], compress=compress)
     except Unencodable as exc:
-        raise TypeError(f"cannot cache value of type {type(value).__qualname__}: {exc}") from exc
+        raise _bad_value(f"value of type {type(value).__qualname__}", exc) from exc
 
 
 def set_value(
@@ -56,7 +66,7 @@ def set_value(
     *,
     ttl: float | None = None,
     tags: Iterable[str] | str | None = None,
-    compress: bool | None = None,
+    compress: bool | str | None = None,
     region: str | None = None,
 ) -> bool:
     """Store ``value``; False if Redis was unavailable.  Bad input raises, storing nothing."""
@@ -124,7 +134,7 @@ def get_or_set(
     *,
     ttl: float | None = None,
     tags: Iterable[str] | str | None = None,
-    compress: bool | None = None,
+    compress: bool | str | None = None,
     region: str | None = None,
 ) -> T:
     """Cache-aside: ``creator`` runs once per miss across processes (stampede lock)."""
@@ -140,16 +150,21 @@ def get_or_set(
         result: T = payload[1]
         return result
 
-    value, _ = core.reader.read(
-        redis_key,
-        _deps(core, clean_tags),
-        creator,
-        ttl=seconds,
-        refresh_after=refresh,
-        encode=encode,
-        decode=decode,
-        compress=compress,
-    )
+    try:
+        value, _ = core.reader.read(
+            redis_key,
+            _deps(core, clean_tags),
+            creator,
+            ttl=seconds,
+            refresh_after=refresh,
+            encode=encode,
+            decode=decode,
+            compress=compress,
+            refresh=creator if refresh is not None else None,
+            strict=True,
+        )
+    except Unencodable as exc:
+        raise _bad_value(f"the value returned by {creator!r}", exc) from exc
     return value
 
 

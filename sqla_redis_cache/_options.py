@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import UserDefinedOption
 
+from ._codec import COMPRESSORS
+
 
 @dataclass(frozen=True, slots=True)
 class CacheDirective:
@@ -25,6 +27,10 @@ class CacheDirective:
     tags: tuple[str, ...] = ()
     #: tables the statement depends on beyond those visible in its SQL (views, functions, text)
     tables: tuple[str, ...] = ()
+    #: compression override: None (threshold), True/False, or a compressor name
+    compress: bool | str | None = None
+    #: soft TTL overriding the region's (refresh-ahead)
+    refresh_after: float | None = None
 
 
 class CachedOption(UserDefinedOption):
@@ -57,6 +63,8 @@ def cached(
     tags: Iterable[str] | str | None = None,
     region: str | None = None,
     tables: Iterable[str] | str | None = None,
+    compress: bool | str | None = None,
+    refresh_after: float | None = None,
 ) -> CachedOption:
     """Cache this SELECT in Redis.
 
@@ -65,11 +73,25 @@ def cached(
     :param region: a TTL profile (``db_query`` unless given).
     :param tables: extra tables the result depends on that do not appear in its SQL, such as
         the base tables of a view.  Also makes statements with ``text()`` fragments cacheable.
+    :param compress: force compression on/off, or pick a compressor ("zlib", "zstd", "lz4").
+    :param refresh_after: soft TTL in seconds: past it, one caller refreshes the entry in the
+        background while the others keep getting it (refresh-ahead).
     """
     if ttl is not None and ttl <= 0:
         raise ValueError("ttl must be positive")
+    if refresh_after is not None and refresh_after <= 0:
+        raise ValueError("refresh_after must be positive")
+    if compress is not None and not isinstance(compress, bool | str):
+        raise TypeError("compress must be None, a bool or a compressor name")
+    if isinstance(compress, str) and compress not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {compress!r}; choose one of {', '.join(COMPRESSORS)}")
     return CachedOption(
         CacheDirective(
-            region=region, ttl=ttl, tags=_clean("tags", tags), tables=_clean("tables", tables)
+            region=region,
+            ttl=ttl,
+            tags=_clean("tags", tags),
+            tables=_clean("tables", tables),
+            compress=compress,
+            refresh_after=refresh_after,
         )
     )

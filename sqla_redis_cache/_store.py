@@ -3,8 +3,11 @@
 Every call the cache makes to Redis goes through :class:`Store`, which turns Redis errors into a
 ``FAILED`` sentinel (the caller then runs the query against the database), counts them, logs a
 rate-limited warning and feeds a circuit breaker: after ``breaker_threshold`` consecutive
-failures Redis is not called at all for ``breaker_cooldown`` seconds, so a dead Redis costs a
-request an attribute check instead of a connect timeout.
+failures Redis is not called at all, so a dead Redis costs a request an attribute check instead
+of a connect timeout.  Meanwhile a *background* thread probes Redis every ``breaker_cooldown``
+seconds and closes the breaker when it answers.  No request thread ever waits on a Redis known
+to be down: the only requests that pay a timeout are the ``breaker_threshold`` ones that
+discover the outage.
 
 The actual commands go through a :class:`RedisIO`.  :class:`SyncIO` wraps a redis-py client,
 standalone or cluster: it only ever sends single-key commands, or MGET on a standalone server,
@@ -14,6 +17,7 @@ so no command spans hash slots.  An asyncio implementation plugs in the same way
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -69,19 +73,27 @@ class RedisIO(Protocol):
 
 
 class _RedisLockMutex:
-    """dogpile's mutex protocol over a redis-py Lock; never raises."""
+    """dogpile's mutex protocol over a redis-py Lock; never raises.
 
-    __slots__ = ("__weakref__", "_lock", "_owned")
+    A waiter that gives up after ``lock_wait`` (or meets a Redis error) reports the lock as
+    acquired: it then builds the value itself, so a dead holder delays others by at most
+    ``min(lock_wait, lock_timeout)``.
+    """
 
-    def __init__(self, lock: Any) -> None:
+    __slots__ = ("__weakref__", "_lock", "_on_error", "_owned")
+
+    def __init__(self, lock: Any, on_error: Callable[[BaseException], None] | None = None) -> None:
         self._lock = lock
         self._owned = False
+        self._on_error = on_error
 
     def acquire(self, wait: bool = True) -> bool:
         try:
             self._owned = bool(self._lock.acquire(blocking=wait))
-        except (RedisError, OSError):
+        except (RedisError, OSError) as exc:
             # Redis trouble: behave as if we hold it, the caller just builds the value itself
+            if self._on_error is not None:
+                self._on_error(exc)
             return True
         return self._owned or wait
 
@@ -91,8 +103,26 @@ class _RedisLockMutex:
         self._owned = False
         try:
             self._lock.release()
-        except (LockError, RedisError, OSError):
-            pass  # expired under a slow creator, or Redis went away: nothing to undo
+        except LockError:
+            pass  # expired under a slow creator (and maybe taken by another): nothing to undo
+        except (RedisError, OSError) as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+
+
+class _NoMutex:
+    """Stands in for the Redis lock while the breaker is open: everyone builds uncached."""
+
+    __slots__ = ()
+
+    def acquire(self, wait: bool = True) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+NO_MUTEX = _NoMutex()
 
 
 class SyncIO:
@@ -156,21 +186,52 @@ def make_sync_client(config: CacheConfig) -> Any:
 
 
 class Breaker:
-    """Consecutive-failure circuit breaker."""
+    """Consecutive-failure circuit breaker whose half-open probe runs in the background.
 
-    __slots__ = ("cooldown", "failures", "open_until", "threshold")
+    Closed: every call goes to Redis.  After ``threshold`` consecutive failures it opens: calls
+    are refused (the caller uses the database) and a daemon thread takes over, calling ``probe``
+    every ``cooldown`` seconds until one succeeds, which closes the breaker.  No request ever
+    waits for a probe, and the cache recovers even without traffic.  ``allow()`` on the closed
+    path is one attribute test, so the hit path pays nothing for it.  Without a ``probe`` the
+    first call after the cool-down is the probe (classic half-open).
+    """
 
-    def __init__(self, threshold: int, cooldown: float) -> None:
+    __slots__ = (
+        "_lock",
+        "_probe",
+        "_probing",
+        "_stopped",
+        "cooldown",
+        "failures",
+        "open_until",
+        "threshold",
+    )
+
+    def __init__(
+        self, threshold: int, cooldown: float, probe: Callable[[], object] | None = None
+    ) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
         self.failures = 0
         self.open_until = 0.0
+        self._probe = probe
+        self._probing = False
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.open_until)
 
     def allow(self) -> bool:
-        return not self.open_until or time.monotonic() >= self.open_until
+        if not self.open_until:
+            return True
+        if self._probe is None:
+            return time.monotonic() >= self.open_until
+        return False
 
     def success(self) -> None:
-        if self.failures:
+        if self.failures or self.open_until:
             self.failures = 0
             self.open_until = 0.0
 
@@ -178,6 +239,39 @@ class Breaker:
         self.failures += 1
         if self.failures >= self.threshold:
             self.open_until = time.monotonic() + self.cooldown
+            if self._probe is not None:
+                self._start_probing()
+
+    def stop(self) -> None:
+        """Stop probing for good (the cache is closed)."""
+        self._stopped.set()
+
+    def _start_probing(self) -> None:
+        with self._lock:
+            if self._probing or self._stopped.is_set():
+                return
+            self._probing = True
+        threading.Thread(
+            target=self._probe_loop, name="sqla-redis-cache-probe", daemon=True
+        ).start()
+
+    def _probe_loop(self) -> None:
+        assert self._probe is not None
+        try:
+            while self.open_until and not self._stopped.wait(
+                max(0.0, self.open_until - time.monotonic())
+            ):
+                try:
+                    self._probe()
+                except Exception:
+                    self.open_until = time.monotonic() + self.cooldown
+                else:
+                    self.success()
+        finally:
+            with self._lock:
+                self._probing = False
+        if self.open_until:  # re-opened while this thread was finishing
+            self._start_probing()
 
 
 class Store:
@@ -194,7 +288,10 @@ class Store:
         self._select = io_selector
         self.config = config
         self.stats = stats
-        self.breaker = Breaker(config.breaker_threshold, config.breaker_cooldown)
+        probe_key = config.namespace + ":all"
+        self.breaker = Breaker(
+            config.breaker_threshold, config.breaker_cooldown, lambda: io.mget([probe_key])
+        )
         self._last_warning = 0.0
 
     @property
@@ -213,6 +310,11 @@ class Store:
     def io_selector(self, selector: Callable[[], RedisIO | None] | None) -> None:
         """Pick the I/O per call (asyncio inside SQLAlchemy's greenlet); None: the default."""
         self._select = selector
+
+    @property
+    def routed(self) -> bool:
+        """True when this call's I/O is the selector's (an event loop's), not the default."""
+        return self._select is not None and self._select() is not None
 
     @property
     def available(self) -> bool:
@@ -249,4 +351,9 @@ class Store:
         return self.call(lambda: self.io.pipeline(commands))
 
     def lock(self, name: str) -> Mutex:
-        return self.io.lock(name, self.config.lock_timeout, self.config.lock_wait)
+        if not self.breaker.allow():
+            return NO_MUTEX
+        mutex = self.io.lock(name, self.config.lock_timeout, self.config.lock_wait)
+        if isinstance(mutex, _RedisLockMutex):
+            mutex._on_error = self.failed
+        return mutex
