@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import _generic, _memoize
 from ._backend import make_dogpile_region
+from ._clients import connect_sync
 from ._codec import EntryCodec
 from ._config import CacheConfig
 from ._core_commit import CoreCommitHooks
@@ -29,7 +30,7 @@ from ._options import _clean
 from ._reader import Reader
 from ._session import SessionHooks
 from ._stats import CacheStats, StatsFlusher, StatsRecorder, stats_from_hash
-from ._store import FAILED, RedisIO, Store, SyncIO, make_sync_client
+from ._store import FAILED, RedisIO, Store
 from ._versions import Versions
 from ._warmup import WarmupRegistry
 from ._write_rules import WriteRules
@@ -52,7 +53,7 @@ class Core:
         self.keys = KeyBuilder(config.namespace)
         self.stats = StatsRecorder()
         if io is None:
-            io = SyncIO(make_sync_client(config), cluster=config.cluster)
+            io = connect_sync(config)
         self.store = Store(io, config, self.stats)
         self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
         self.codec = EntryCodec(

@@ -17,6 +17,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import _connection
+
 #: The seed guide's TTL table, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
 DEFAULT_REGIONS: Mapping[str, float] = {
     "ai_response": 86400,
@@ -87,7 +89,6 @@ class CacheConfig:
     #: circuit breaker: consecutive failures before opening, and the cool-down
     breaker_threshold: int = 3
     breaker_cooldown: float = 2.0
-    cluster: bool = False
     #: decoded immutable query results kept in process (still validated against Redis on
     #: every read; saves decoding only); 0 disables
     near_cache_size: int = 512
@@ -102,6 +103,26 @@ class CacheConfig:
     #: entity write-through on commit: True (every mapped class), False, or the class or
     #: table names to write through (the others are only invalidated)
     write_through: bool | Collection[str] = True
+
+    # deployment and connection security (see _connection and docs/deployment.md) -----------
+    #: Redis Cluster; startup nodes default to the URL's host
+    cluster: bool = False
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
+    #: Sentinel: the sentinels' addresses, the monitored master's name, the sentinels' own auth
+    sentinel_nodes: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    #: ACL user and password (override the URL's)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: TLS (also on with rediss://): CA bundle, optional client certificate and key, PEM paths
+    tls: bool = False
+    tls_ca_certs: str | None = None
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    #: verify the server's certificate and host name
+    tls_verify: bool = True
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
@@ -132,6 +153,11 @@ class CacheConfig:
             compressor(self.compression)
         except (ValueError, ImportError) as exc:
             raise ConfigurationError(f"compression={self.compression!r}: {exc}") from None
+        _connection.validate(self)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls or self.url.lower().startswith(("rediss://", "rediss+"))
 
     def region(self, name: str | None) -> RegionConfig:
         try:
@@ -154,10 +180,9 @@ class CacheConfig:
 
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> CacheConfig:
-        if not re.match(r"^(redis|rediss|unix)://", url):
-            raise ConfigurationError(
-                f"unsupported Redis URL {_redact(url)!r}: expected redis://, rediss:// or unix://"
-            )
+        """``settings`` are fields; ``redis+sentinel://`` and multi-host cluster URLs are read
+        into the deployment fields (see ``_connection.url_settings``)."""
+        url, settings = _connection.url_settings(url, settings)
         regions = settings.pop("regions", None)
         config = cls(url=url, **settings)
         if regions:
@@ -166,40 +191,20 @@ class CacheConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **settings: Any) -> CacheConfig:
-        """Read the seed guide's variables: ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/
-        ``PASSWORD``/``DB``/``TLS_ENABLED``; ``SQLA_CACHE_SECRET`` for signing,
+        """Read the seed guide's variables: ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/``DB``;
+        ``REDIS_USERNAME``/``PASSWORD``, ``REDIS_TLS_*``, ``REDIS_CLUSTER_*``,
+        ``REDIS_SENTINEL_*`` (docs/deployment.md); ``SQLA_CACHE_SECRET`` for signing,
         ``SQLA_CACHE_COMPRESSION`` for the compressor, ``CACHE_WARMUP`` for start-up warming."""
         env = os.environ if environ is None else environ
-        url = env.get("REDIS_URL") or _url_from_parts(env)
+        url = env.get("REDIS_URL") or _connection.url_from_parts(env)
         if "secret" not in settings and env.get("SQLA_CACHE_SECRET"):
             settings["secret"] = env["SQLA_CACHE_SECRET"].encode()
         if "compression" not in settings and env.get("SQLA_CACHE_COMPRESSION"):
             settings["compression"] = env["SQLA_CACHE_COMPRESSION"].strip().lower()
         if "warmup" not in settings and "CACHE_WARMUP" in env:
             settings["warmup"] = _truthy(env["CACHE_WARMUP"])
-        return cls.from_url(url, **settings)
+        return cls.from_url(url, **_connection.env_settings(env, settings))
 
 
-def _url_from_parts(env: Mapping[str, str]) -> str:
-    scheme = "rediss" if _truthy(env.get("REDIS_TLS_ENABLED")) else "redis"
-    host = env.get("REDIS_HOST", "localhost")
-    port = env.get("REDIS_PORT", "6379")
-    db = env.get("REDIS_DB", "0")
-    if not port.isdigit() or not db.isdigit():
-        raise ConfigurationError("REDIS_PORT and REDIS_DB must be integers")
-    user = env.get("REDIS_USERNAME", "")
-    password = env.get("REDIS_PASSWORD")
-    auth = ""
-    if password:
-        from urllib.parse import quote
-
-        auth = f"{quote(user, safe='')}:{quote(password, safe='')}@"
-    return f"{scheme}://{auth}{host}:{port}/{db}"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+_truthy = _connection.truthy
+_redact = _connection.redact

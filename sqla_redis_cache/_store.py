@@ -11,7 +11,8 @@ discover the outage.
 
 The actual commands go through a :class:`RedisIO`.  :class:`SyncIO` wraps a redis-py client,
 standalone or cluster: it only ever sends single-key commands, or MGET on a standalone server,
-so no command spans hash slots.  An asyncio implementation plugs in the same way.
+so no command spans hash slots.  Clients for each deployment are built in ``_clients``.  An
+asyncio implementation plugs in the same way.
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError
-from redis.retry import Retry
 
 from ._config import CacheConfig
 from ._stats import StatsRecorder
@@ -169,20 +167,6 @@ class SyncIO:
 
     def close(self) -> None:
         self.client.close()
-
-
-def make_sync_client(config: CacheConfig) -> Any:
-    options: dict[str, Any] = {
-        "socket_timeout": config.socket_timeout,
-        "socket_connect_timeout": config.connect_timeout,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    options.update(config.redis_options)
-    if config.cluster:
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(config.url, **options)
-    return redis.Redis.from_url(config.url, **options)
 
 
 class Breaker:
