@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -41,14 +42,41 @@ def postgres_url() -> str:
     return _services.postgres_url()
 
 
+@dataclass
+class RedisTarget:
+    """The Redis deployment caches are built on: standalone here; cluster, sentinel and TLS
+    modules override the ``redis_target`` fixture, so the same tests run on each of them."""
+
+    url: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def cache(self, namespace: str, **settings: Any) -> QueryCache:
+        return QueryCache.from_url(self.url, namespace=namespace, **{**self.settings, **settings})
+
+    def client(self) -> Any:
+        """A plain redis-py client of the deployment, for inspecting keys."""
+        from sqla_redis_cache import CacheConfig
+        from sqla_redis_cache._clients import make_sync_client
+
+        config = CacheConfig.from_url(
+            self.url, **{**self.settings, "socket_timeout": 2.0, "connect_timeout": 2.0}
+        )
+        return make_sync_client(config)
+
+
+@pytest.fixture(scope="session")
+def redis_target(redis_url: str) -> RedisTarget:
+    return RedisTarget(redis_url)
+
+
 @pytest.fixture
 def namespace() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
 @pytest.fixture
-def cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
-    qc = QueryCache.from_url(redis_url, namespace=namespace)
+def cache(redis_target: RedisTarget, namespace: str) -> Iterator[QueryCache]:
+    qc = redis_target.cache(namespace)
     yield qc
     qc.clear()
     qc.close()

@@ -7,13 +7,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import String, TypeDecorator, func, select
 from sqlalchemy.orm import joinedload, selectinload
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
 
-from .conftest import Database
+from .conftest import Database, RedisTarget
 from .models import Order, Org, User
 
 
@@ -79,12 +78,12 @@ def test_other_session_and_legacy_query_share_entries(db: Database, cache: Query
 
 
 def test_entries_shared_between_cache_objects_with_same_namespace(
-    db: Database, cache: QueryCache, redis_url: str, namespace: str
+    db: Database, cache: QueryCache, redis_target: RedisTarget, namespace: str
 ) -> None:
     stmt = select(User).where(User.id == 2).options(cached())
     cache.attach(db.Session)
     names(db, stmt)
-    other = QueryCache.from_url(redis_url, namespace=namespace)
+    other = redis_target.cache(namespace)
     Session2 = type(db.Session)(db.engine)
     other.attach(Session2)
     try:
@@ -94,11 +93,13 @@ def test_entries_shared_between_cache_objects_with_same_namespace(
         other.close()
 
 
-def test_namespaces_are_isolated(db: Database, cache: QueryCache, redis_url: str) -> None:
+def test_namespaces_are_isolated(
+    db: Database, cache: QueryCache, redis_target: RedisTarget
+) -> None:
     stmt = select(User).where(User.id == 3).options(cached())
     cache.attach(db.Session)
     names(db, stmt)
-    other = QueryCache.from_url(redis_url, namespace=cache.config.namespace + "x")
+    other = redis_target.cache(cache.config.namespace + "x")
     Session2 = type(db.Session)(db.engine)
     other.attach(Session2)
     try:
@@ -111,11 +112,13 @@ def test_namespaces_are_isolated(db: Database, cache: QueryCache, redis_url: str
         other.close()
 
 
-def test_every_key_is_namespaced(db: Database, cache: QueryCache, redis_url: str) -> None:
+def test_every_key_is_namespaced(
+    db: Database, cache: QueryCache, redis_target: RedisTarget
+) -> None:
     cache.attach(db.Session)
     names(db, select(User).options(cached(tags=["t1"])))
     cache.set("plain", 1, tags=["t2"])
-    client = redis.Redis.from_url(redis_url)
+    client = redis_target.client()
     keys = [k.decode() for k in client.scan_iter(match=cache.config.namespace + "*")]
     assert any(":q:" in k for k in keys) and any(":k:plain" in k for k in keys)
     assert cache.clear() >= len(keys)
@@ -200,9 +203,9 @@ def test_locking_reads_are_never_cached(pg: Database, cache: QueryCache) -> None
             s.scalars(stmt).one()
 
 
-def test_regions_set_ttl(db: Database, cache: QueryCache, redis_url: str) -> None:
+def test_regions_set_ttl(db: Database, cache: QueryCache, redis_target: RedisTarget) -> None:
     cache.attach(db.Session)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_target.client()
 
     def entry_ttl(stmt: Any) -> int:
         before = set(client.scan_iter(match=cache.config.namespace + ":q:*"))
@@ -221,10 +224,8 @@ def test_regions_set_ttl(db: Database, cache: QueryCache, redis_url: str) -> Non
         names(db, select(User).options(cached(region="nope")))
 
 
-def test_extra_regions_are_configurable(redis_url: str, namespace: str) -> None:
-    qc = QueryCache.from_url(
-        redis_url, namespace=namespace, regions={"reports": 42, "db_query": 10}
-    )
+def test_extra_regions_are_configurable(redis_target: RedisTarget, namespace: str) -> None:
+    qc = redis_target.cache(namespace, regions={"reports": 42, "db_query": 10})
     try:
         assert qc.config.region("reports").ttl == 42
         assert qc.config.region(None).ttl == 10

@@ -1,0 +1,71 @@
+"""Redis Cluster (3 masters, 1 replica each), started by the tests: the whole contract again.
+
+Every core test and every deployment test of ``_contract`` runs here unchanged against a
+cluster; the tests below add what only a cluster has: keys spread over slots on every master,
+and no CROSSSLOT error on any node after all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from sqla_redis_cache import QueryCache, cached
+
+from ._contract import deployment_tests, namespace_keys
+from ._deployments import Cluster, admin, start_cluster
+from .conftest import Database, RedisTarget
+from .models import User
+
+pytestmark = pytest.mark.cluster
+
+globals().update(deployment_tests())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    deployment = start_cluster(masters=3, replicas=1)
+    yield deployment
+    deployment.close()
+
+
+@pytest.fixture(scope="module")
+def redis_target(cluster: Cluster) -> RedisTarget:
+    first = cluster.ports[0]
+    return RedisTarget(f"redis://127.0.0.1:{first}/0", {"cluster": True})
+
+
+def test_cache_uses_a_cluster_client(cache: QueryCache) -> None:
+    from redis.cluster import RedisCluster
+
+    assert isinstance(cache._core.store.io.client, RedisCluster)  # type: ignore[attr-defined]
+
+
+def test_entries_and_tokens_spread_over_every_master(
+    db: Database, cache: QueryCache, redis_target: RedisTarget, cluster: Cluster
+) -> None:
+    cache.attach(db.Session)
+    for user_id in range(1, 7):
+        with db.Session() as s:
+            s.scalars(select(User).where(User.id == user_id).options(cached())).one()
+    for i in range(30):
+        cache.set(f"v{i}", i, tags=[f"tag{i}"])
+    keys = namespace_keys(redis_target, cache)
+    match = cache.config.namespace + ":*"
+    per_master = {p: len(list(admin(p).scan_iter(match=match))) for p in cluster.masters()}
+    assert len(per_master) == 3 and all(n > 0 for n in per_master.values()), per_master
+    assert sum(per_master.values()) == len(keys) > 60
+
+
+def test_no_crossslot_error_on_any_node(db: Database, cache: QueryCache, cluster: Cluster) -> None:
+    """Runs last in this module: every test above used this cluster; none caused CROSSSLOT."""
+    cache.attach(db.Session)
+    with db.Session() as s:
+        s.scalars(select(User).where(User.org_id == 2).options(cached(tags=["a", "b"]))).all()
+    cache.region("db_query").get_multi([f"k{i}" for i in range(10)])
+    cache.clear()
+    for port in cluster.alive():
+        errors = admin(port).info("errorstats")
+        assert not any("CROSSSLOT" in name for name in errors), (port, errors)
