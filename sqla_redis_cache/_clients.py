@@ -185,7 +185,7 @@ def make_async_client(config: CacheConfig) -> Any:
 
 
 def rejected(exc: BaseException) -> str | None:
-    """Why Redis refused us for good (credentials, permissions, certificates), else None."""
+    """Why Redis refused us for good (credentials, permissions, TLS), else None."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -196,12 +196,12 @@ def rejected(exc: BaseException) -> str | None:
             ("WRONGPASS", "NOAUTH", "NOPERM")
         ):
             return f"{type(current).__name__}: {current}"
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return f"TLS certificate rejected: {current}"
-        if isinstance(current, RedisError | OSError) and "CERTIFICATE_VERIFY_FAILED" in str(
-            current
-        ):
-            return f"TLS certificate rejected: {current}"
+        # certificate verification, a required client certificate, TLS against a plain port...
+        # (a connection cut mid-handshake is only an outage)
+        text = str(current)
+        tls_error = isinstance(current, ssl.SSLError) or "[SSL: " in text
+        if tls_error and "EOF" not in text and not isinstance(current, ssl.SSLEOFError):
+            return f"TLS handshake refused: {current}"
         current = current.__cause__ or current.__context__
     return None
 

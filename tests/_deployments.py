@@ -283,7 +283,7 @@ class TlsServer:
         stop(self.proc)
 
 
-def start_tls_server(certs: Certs, auth_clients: str = "optional") -> TlsServer:
+def start_tls_server(certs: Certs, auth_clients: str = "optional", *extra: str) -> TlsServer:
     """A server with a TLS port (and a plain one, for the test's own administration)."""
     plain, tls = free_port(), free_port()
     proc = start_redis_server(
@@ -293,6 +293,7 @@ def start_tls_server(certs: Certs, auth_clients: str = "optional") -> TlsServer:
         "--tls-key-file", certs.server_key,
         "--tls-ca-cert-file", certs.ca,
         "--tls-auth-clients", auth_clients,
+        *extra,
     )  # fmt: skip
     return TlsServer(proc, plain, tls)
 
