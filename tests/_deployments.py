@@ -40,6 +40,12 @@ def admin(port: int) -> redis.Redis:
     return redis.Redis(port=port, host="127.0.0.1", socket_timeout=2, decode_responses=True)
 
 
+def _crash(proc: Proc) -> None:
+    proc.kill()
+    proc.wait(5)
+    stop(proc)  # removes its directory
+
+
 # --------------------------------------------------------------------------- cluster
 
 
@@ -73,7 +79,8 @@ class Cluster:
         return sorted(ports)
 
     def kill(self, port: int) -> None:
-        stop(self.procs[port])
+        """SIGKILL, as a crash (SIGTERM would make Redis 7 wait for its replicas first)."""
+        _crash(self.procs[port])
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         def healthy() -> bool:
@@ -99,16 +106,17 @@ class Cluster:
             stop(proc)
 
 
-def start_cluster(masters: int = 3, replicas: int = 1) -> Cluster:
-    """``masters`` masters with ``replicas`` replicas each, via ``redis-cli --cluster create``."""
+def start_cluster(masters: int = 3, replicas: int = 1, first_port: int | None = None) -> Cluster:
+    """``masters`` masters with ``replicas`` replicas each, via ``redis-cli --cluster create``
+    (``first_port``: the port of the first node, e.g. one a client was configured with)."""
     cli = shutil.which("redis-cli")
     if cli is None:
         raise RuntimeError("redis-cli is not on PATH (needed for --cluster create)")
     procs: dict[int, Proc] = {}
     cluster = Cluster(procs, replicas)
     try:
-        for _ in range(masters * (1 + replicas)):
-            port = free_port(cluster_bus=True)
+        for i in range(masters * (1 + replicas)):
+            port = first_port if i == 0 and first_port else free_port(cluster_bus=True)
             procs[port] = start_redis_server(
                 port,
                 "--cluster-enabled", "yes",
@@ -154,7 +162,7 @@ class SentinelSetup:
         return int(host_port[1])
 
     def kill(self, port: int) -> None:
-        stop(self.procs[port])
+        _crash(self.procs[port])
 
     def close(self) -> None:
         for proc in self.procs.values():
