@@ -312,8 +312,13 @@ def start_tls_server(certs: Certs, auth_clients: str = "optional", *extra: str) 
 CACHE_USER_RULES = ("+@read", "+@write", "+@keyspace", "+@scripting", "+@connection", "-@dangerous")
 
 
+#: and on Redis Cluster, reading the slot map
+CLUSTER_USER_RULES: tuple[str, ...] = ("+cluster|slots", "+cluster|nodes")
+
+
 def add_cache_user(client: Any, user: str, password: str, namespace: str) -> None:
-    """An ACL user limited to ``<namespace>:*`` keys (the rules docs/deployment.md gives)."""
+    """An ACL user limited to ``<namespace>:*`` keys (the rules docs/deployment.md gives);
+    ``namespace`` may be a glob (``t*``)."""
     client.execute_command(
         "ACL", "SETUSER", user, "reset", "on", f">{password}", f"~{namespace}:*",
         "resetchannels", *CACHE_USER_RULES,

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqla_redis_cache import QueryCache, cached
 
 from ._contract import deployment_tests, namespace_keys
-from ._deployments import Cluster, admin, start_cluster
+from ._deployments import CLUSTER_USER_RULES, Cluster, add_cache_user, admin, start_cluster
 from .conftest import Database, RedisTarget
 from .models import User
 
@@ -57,6 +57,32 @@ def test_entries_and_tokens_spread_over_every_master(
     per_master = {p: len(list(admin(p).scan_iter(match=match))) for p in cluster.masters()}
     assert len(per_master) == 3 and all(n > 0 for n in per_master.values()), per_master
     assert sum(per_master.values()) == len(keys) > 60
+
+
+def test_restricted_acl_user_on_the_cluster(db: Database, cluster: Cluster, namespace: str) -> None:
+    """The ACL rules of docs/deployment.md plus the slot-map read, set on every node."""
+    for port in cluster.alive():
+        add_cache_user(admin(port), "clusteruser", "pw", f"{namespace}")
+        admin(port).execute_command("ACL", "SETUSER", "clusteruser", *CLUSTER_USER_RULES)
+    qc = QueryCache.from_url(
+        f"redis://127.0.0.1:{cluster.ports[0]}/0",
+        namespace=namespace,
+        cluster=True,
+        username="clusteruser",
+        password="pw",
+    )
+    qc.attach(db.Session)
+    try:
+        stmt = select(User.name).where(User.id == 4).options(cached(tags=["x"]))
+        with db.Session() as s:
+            s.scalar(stmt)
+        with db.counter.expect(0), db.Session() as s:
+            assert s.scalar(stmt) == "user4"
+        assert qc.get_or_set("v", lambda: 1) == 1
+        assert qc.clear() > 0
+        assert qc.stats().errors == 0
+    finally:
+        qc.close()
 
 
 def test_no_crossslot_error_on_any_node(db: Database, cache: QueryCache, cluster: Cluster) -> None:
