@@ -150,7 +150,9 @@ class QueryCache:
     def from_env(
         cls, *, namespace: str = "sqlacache", environ: Any = None, **settings: Any
     ) -> QueryCache:
-        """Read ``REDIS_URL`` (else ``REDIS_HOST``/``PORT``/``PASSWORD``/``DB``/``TLS_ENABLED``)."""
+        """Read ``REDIS_URL`` (else ``REDIS_HOST``/``PORT``/``DB``), ``REDIS_USERNAME``/
+        ``PASSWORD``, ``REDIS_TLS_*``, ``REDIS_CLUSTER_*``, ``REDIS_SENTINEL_*``
+        (docs/deployment.md)."""
         return cls(CacheConfig.from_env(environ, namespace=namespace, **settings))
 
     @classmethod
