@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from ._clients import make_async_client
 from ._config import CacheConfig
 from ._store import Mutex, RedisIO, Store, SyncIO
 
@@ -57,25 +58,6 @@ def _concurrency() -> tuple[Callable[[Awaitable[Any]], Any], Any, Callable[[], A
 
     await_ = getattr(concurrency, "await_", None) or concurrency.await_only
     return await_, concurrency.greenlet_spawn, getcurrent
-
-
-def make_async_client(config: CacheConfig) -> Any:
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    options: dict[str, Any] = {
-        "socket_timeout": config.socket_timeout,
-        "socket_connect_timeout": config.connect_timeout,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    options.update(config.redis_options)
-    if config.cluster:
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(config.url, **options)
-    from redis.asyncio import Redis
-
-    return Redis.from_url(config.url, **options)
 
 
 class _LoopLocks:
