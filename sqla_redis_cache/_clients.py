@@ -232,6 +232,9 @@ class _Deferred:
     def close(self) -> None:
         pass
 
+    def disconnect_connection_pools(self) -> None:
+        pass
+
 
 def connect_sync(config: CacheConfig) -> SyncIO:
     """The synchronous :class:`SyncIO` for ``config``, checked once (see module docstring)."""

@@ -166,6 +166,11 @@ class SyncIO:
         return _RedisLockMutex(lock)
 
     def close(self) -> None:
+        if self.cluster:
+            # RedisCluster.close() leaves a client that raises AttributeError when used again;
+            # dropping the connections releases the same resources and stays usable
+            self.client.disconnect_connection_pools()
+            return
         self.client.close()
 
 

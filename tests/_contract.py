@@ -1,7 +1,7 @@
 """The cache's contract, run again on each distributed deployment (cluster, sentinel, TLS+ACL).
 
 A deployment module overrides the ``redis_target`` fixture and calls :func:`deployment_tests`,
-which brings in every test of the core modules (``CORE_MODULES``) plus the deployment-level
+which brings in the tests of the core modules (``CORE_MODULES``) plus the deployment-level
 tests below: commit invalidation, tags, the generic API, ``delete_pattern``/``clear`` on every
 node, the stampede lock, stats, dogpile regions (multi-key reads) and the asyncio client.
 Nothing here knows which deployment it runs on.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import threading
 import time
 from typing import Any
@@ -23,18 +24,36 @@ from sqla_redis_cache._clients import make_async_client
 from .conftest import Database, RedisTarget
 from .models import User
 
-#: test modules whose tests every deployment re-runs as they are
-CORE_MODULES = ("test_query_cache",)
+#: test modules whose tests every deployment re-runs as they are: all their tests that build
+#: caches through the ``cache``/``redis_target`` fixtures (a test asking for ``redis_url``
+#: inspects the default server directly, so it stays with it), and their module fixtures
+CORE_MODULES = (
+    "test_query_cache",
+    "test_invalidation",
+    "test_generic",
+    "test_freshness",
+    "test_asyncio",
+)
+
+
+def _is_fixture(value: Any) -> bool:
+    return hasattr(value, "_pytestfixturefunction") or type(value).__name__.startswith("Fixture")
 
 
 def deployment_tests() -> dict[str, Any]:
     """``globals().update(deployment_tests())`` in a deployment module."""
-    tests: dict[str, Any] = {}
+    found: dict[str, Any] = {}
     for name in CORE_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
-        tests.update({k: v for k, v in vars(module).items() if k.startswith("test_")})
-    tests.update({k: v for k, v in globals().items() if k.startswith("test_")})
-    return tests
+        for key, value in vars(module).items():
+            if _is_fixture(value) and key != "redis_target":
+                found[key] = value
+            elif key.startswith("test_") and callable(value):
+                found[key] = value
+                if "redis_url" in inspect.signature(value).parameters:
+                    del found[key]
+    found.update({k: v for k, v in globals().items() if k.startswith("test_")})
+    return found
 
 
 def namespace_keys(target: RedisTarget, cache: QueryCache) -> list[str]:

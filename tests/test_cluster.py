@@ -43,6 +43,14 @@ def test_cache_uses_a_cluster_client(cache: QueryCache) -> None:
     assert isinstance(cache._core.store.io.client, RedisCluster)  # type: ignore[attr-defined]
 
 
+def test_a_closed_cache_stays_usable(cache: QueryCache) -> None:
+    """redis-py's RedisCluster.close() leaves a client that raises AttributeError on use."""
+    cache.set("k", 1)
+    cache.close()
+    assert cache.get("k") == 1
+    assert cache.clear() >= 1
+
+
 def test_entries_and_tokens_spread_over_every_master(
     db: Database, cache: QueryCache, redis_target: RedisTarget, cluster: Cluster
 ) -> None:
