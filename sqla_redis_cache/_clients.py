@@ -15,8 +15,9 @@ All of them get the cache's short timeouts and **no retries** (``Retry(NoBackoff
 failed call is a miss handled by ``Store``'s breaker, not seconds of retrying on the request path.
 
 At startup :func:`connect_sync` sends one ``PING``: credentials or certificates Redis rejects are
-a :class:`ConfigurationError` right there; an unreachable Redis is only logged, since the cache
-must fail open (a cluster whose nodes cannot be reached yet is connected on first use).
+a :class:`ConfigurationError` right there; an unreachable Redis is not (logged at INFO; the
+store warns when it is used), since the cache must fail open (a cluster whose nodes cannot be
+reached yet is connected on first use).
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def connect_sync(config: CacheConfig) -> SyncIO:
         reason = rejected(exc)
         if reason is not None:
             raise _refuse(config, reason) from exc
-        log.warning("Redis Cluster unreachable at startup, will retry on use (%s)", exc)
+        log.info("Redis Cluster unreachable at startup, will retry on use (%s)", exc)
         io = SyncIO(None, cluster=config.cluster)
         io.client = _Deferred(lambda: make_sync_client(config), io)
         return io
@@ -255,5 +256,5 @@ def connect_sync(config: CacheConfig) -> SyncIO:
         if reason is not None:
             client.close()
             raise _refuse(config, reason) from exc
-        log.warning("Redis unreachable at startup, serving from the database (%s)", exc)
+        log.info("Redis unreachable at startup, serving from the database (%s)", exc)
     return SyncIO(client, cluster=config.cluster)

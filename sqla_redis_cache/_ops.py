@@ -32,7 +32,7 @@ _BATCH = 500
 
 def connection_error(cache: QueryCache) -> str | None:
     """None if Redis answers, else one line saying why (no traceback, no password)."""
-    from ._config import _redact
+    from ._connection import redact as _redact
 
     try:
         cache._core.store.io.mget([cache._core.keys.all_key])
@@ -98,7 +98,7 @@ def _census(cache: QueryCache) -> dict[str, Any]:
 
 def status(cache: QueryCache) -> dict[str, Any]:
     """Everything ``sqla-redis-cache status`` and ``GET /api/cache/status`` show."""
-    from ._config import _redact
+    from ._connection import redact as _redact
 
     store = cache._core.store
     report: dict[str, Any] = {
