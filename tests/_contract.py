@@ -47,6 +47,8 @@ def deployment_tests() -> dict[str, Any]:
         module = importlib.import_module(f"{__package__}.{name}")
         for key, value in vars(module).items():
             if _is_fixture(value) and key != "redis_target":
+                if found.get(key, value) is not value:
+                    raise RuntimeError(f"two CORE_MODULES define the fixture {key!r}")
                 found[key] = value
             elif key.startswith("test_") and callable(value):
                 found[key] = value
@@ -179,6 +181,8 @@ def test_stats_on_deployment(db: Database, cache: QueryCache) -> None:
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.errors, stats.bypasses) == (2, 1, 0, 0)
     assert stats.latency_p50_ms > 0
+    shared = cache.shared_stats()  # the namespace's hash, flushed and read back
+    assert shared is not None and (shared.hits, shared.misses) == (2, 1)
 
 
 def test_async_client_on_deployment(cache: QueryCache) -> None:
