@@ -33,6 +33,7 @@ CORE_MODULES = (
     "test_generic",
     "test_freshness",
     "test_asyncio",
+    "test_entities",
 )
 
 
