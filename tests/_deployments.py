@@ -25,6 +25,10 @@ from ._services import free_port, start_redis_server, stop
 
 Proc = subprocess.Popen[bytes]
 
+#: cache settings for the deployment suites: they test behaviour, not latency, and a TLS
+#: handshake or a cluster pipeline can exceed the 50 ms default on a loaded 2-core machine
+STEADY_TIMEOUTS = {"socket_timeout": 0.5, "connect_timeout": 0.5}
+
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout

@@ -15,7 +15,14 @@ from sqlalchemy import select
 from sqla_redis_cache import QueryCache, cached
 
 from ._contract import deployment_tests, namespace_keys
-from ._deployments import CLUSTER_USER_RULES, Cluster, add_cache_user, admin, start_cluster
+from ._deployments import (
+    CLUSTER_USER_RULES,
+    STEADY_TIMEOUTS,
+    Cluster,
+    add_cache_user,
+    admin,
+    start_cluster,
+)
 from .conftest import Database, RedisTarget
 from .models import User
 
@@ -34,7 +41,7 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def redis_target(cluster: Cluster) -> RedisTarget:
     first = cluster.ports[0]
-    return RedisTarget(f"redis://127.0.0.1:{first}/0", {"cluster": True})
+    return RedisTarget(f"redis://127.0.0.1:{first}/0", {"cluster": True, **STEADY_TIMEOUTS})
 
 
 def test_cache_uses_a_cluster_client(cache: QueryCache) -> None:

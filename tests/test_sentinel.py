@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqla_redis_cache import QueryCache, cached
 
 from ._contract import deployment_tests
-from ._deployments import SentinelSetup, admin, start_sentinel
+from ._deployments import STEADY_TIMEOUTS, SentinelSetup, admin, start_sentinel
 from .conftest import Database, RedisTarget
 from .models import User
 
@@ -29,7 +29,9 @@ def sentinel() -> Iterator[SentinelSetup]:
 
 @pytest.fixture(scope="module")
 def redis_target(sentinel: SentinelSetup) -> RedisTarget:
-    return RedisTarget(f"redis+sentinel://{sentinel.nodes}/{sentinel.name}/0")
+    return RedisTarget(
+        f"redis+sentinel://{sentinel.nodes}/{sentinel.name}/0", dict(STEADY_TIMEOUTS)
+    )
 
 
 def test_reads_and_invalidations_go_to_the_master(

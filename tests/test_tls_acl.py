@@ -19,7 +19,15 @@ from sqlalchemy import select
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
 
 from ._contract import deployment_tests
-from ._deployments import Certs, TlsServer, add_cache_user, admin, make_certs, start_tls_server
+from ._deployments import (
+    STEADY_TIMEOUTS,
+    Certs,
+    TlsServer,
+    add_cache_user,
+    admin,
+    make_certs,
+    start_tls_server,
+)
 from .conftest import Database, RedisTarget
 from .models import User
 
@@ -56,7 +64,7 @@ def _tls_settings(certs: Certs, **extra: object) -> dict[str, object]:
 def redis_target(tls_server: TlsServer, certs: Certs) -> RedisTarget:
     return RedisTarget(
         f"rediss://127.0.0.1:{tls_server.tls_port}/0",
-        _tls_settings(certs, username=USER, password=PASSWORD),
+        _tls_settings(certs, username=USER, password=PASSWORD, **STEADY_TIMEOUTS),
     )
 
 
