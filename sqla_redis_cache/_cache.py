@@ -22,6 +22,7 @@ from ._backend import make_dogpile_region
 from ._clients import connect_sync
 from ._codec import EntryCodec
 from ._config import CacheConfig
+from ._conninfo import ConnectionKeys
 from ._core_commit import CoreCommitHooks
 from ._entities import Entities
 from ._execution import ALL_TABLES, EngineHooks
@@ -50,6 +51,7 @@ class Core:
     def __init__(self, config: CacheConfig, io: RedisIO | None = None) -> None:
         self.config = config
         self.option_key = f"sqla_redis_cache:{config.namespace}:{id(self):x}"
+        self.conn_keys = ConnectionKeys.for_cache(f"{config.namespace}:{id(self):x}")
         self.keys = KeyBuilder(config.namespace)
         self.stats = StatsRecorder()
         if io is None:

@@ -25,9 +25,6 @@ from sqlalchemy import event
 if TYPE_CHECKING:
     from ._cache import Core
 
-COMMITTING = "sqla_redis_cache.committing"
-SESSION_OWNED = "sqla_redis_cache.session_owned"
-
 
 def autocommitting(conn: Any) -> bool:
     """True when ``conn`` runs under AUTOCOMMIT isolation (each statement commits itself)."""
@@ -46,9 +43,9 @@ class CoreCommitHooks:
 
     def commit(self, conn: Any) -> None:
         info = conn.info
-        if info.get(SESSION_OWNED):
+        if info.get(self.core.conn_keys.session_owned):
             return
-        pending = info.get(COMMITTING)
+        pending = info.get(self.core.conn_keys.committing)
         if pending:
             self.core.invalidate_written(pending)
 
@@ -61,8 +58,8 @@ class CoreCommitHooks:
 
     def _publish(self, info: dict[str, Any]) -> None:
         # a session marks its connections after their begin; the mark ends with the transaction
-        info.pop(SESSION_OWNED, None)
-        pending = info.pop(COMMITTING, None)
+        info.pop(self.core.conn_keys.session_owned, None)
+        pending = info.pop(self.core.conn_keys.committing, None)
         if pending:
             self.core.invalidate_written(pending)
 

@@ -48,8 +48,8 @@ from sqlalchemy.orm.state import InstanceState
 
 from ._analysis import table_name
 from ._codec import CorruptEntry, Unencodable
-from ._core_commit import COMMITTING
-from ._execution import TX_USED, WRITTEN, _snapshot_isolated
+from ._conninfo import ConnectionKeys
+from ._execution import _snapshot_isolated
 from ._keys import UnkeyableParameter, fingerprint_parameters
 from ._options import CachedOption
 from ._store import CAS_SET, FAILED
@@ -213,7 +213,7 @@ class Entities:
         session = orm_state.session
         if session.new or session.dirty or session.deleted:
             return None
-        if _transaction_blocks(session):
+        if _transaction_blocks(session, self.core.conn_keys):
             return None
         identity = mapper.identity_key_from_primary_key(pk)
         if identity in session.identity_map:
@@ -238,7 +238,7 @@ class Entities:
             return result
         frozen = result.freeze()
         loaded = frozen().scalars().all()
-        if len(loaded) == 1 and not _transaction_blocks(session):
+        if len(loaded) == 1 and not _transaction_blocks(session, self.core.conn_keys):
             self.store_loaded(key, deps, values, inspect(loaded[0]))
         return frozen()
 
@@ -393,7 +393,7 @@ def _primary_key_get(orm_state: Any) -> tuple[Mapper[Any], tuple[Any, ...]] | No
     return mapper, pk
 
 
-def _transaction_blocks(session: Any) -> bool:
+def _transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
     """True when the session's transaction wrote, or reads from an older snapshot."""
     from ._session import CONNECTIONS
 
@@ -401,8 +401,8 @@ def _transaction_blocks(session: Any) -> bool:
         if conn.closed:
             continue
         info = conn.info
-        if info.get(WRITTEN) or info.get(COMMITTING):
+        if info.get(k.written) or info.get(k.committing):
             return True
-        if info.get(TX_USED) and _snapshot_isolated(conn):
+        if info.get(k.tx_used) and _snapshot_isolated(conn):
             return True
     return False

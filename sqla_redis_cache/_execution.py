@@ -33,7 +33,7 @@ from sqlalchemy import event
 from sqlalchemy.engine.default import NO_CACHE_KEY
 
 from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
-from ._core_commit import COMMITTING, autocommitting
+from ._core_commit import autocommitting
 from ._cursor import CachedCursor
 from ._keys import UnkeyableParameter
 from ._options import CacheDirective
@@ -43,8 +43,6 @@ from ._sqlwrites import written_by_sql
 if TYPE_CHECKING:
     from ._cache import Core
 
-WRITTEN = "sqla_redis_cache.written"
-TX_USED = "sqla_redis_cache.tx_used"
 #: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
 ALL_TABLES = "*"
 
@@ -97,6 +95,7 @@ class EngineHooks:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.option_key = core.option_key
+        self.k = core.conn_keys
         self._deps: dict[tuple[frozenset[str], tuple[str, ...]], list[str]] = {}
 
     # reads -----------------------------------------------------------------------------------
@@ -139,11 +138,11 @@ class EngineHooks:
             return False
         conn = context.root_connection
         info = conn.info
-        written = info.get(WRITTEN)
+        written = info.get(self.k.written)
         if written and (ALL_TABLES in written or not written.isdisjoint(tables)):
             stats.bypasses += 1
             return False
-        if info.get(TX_USED) and _snapshot_isolated(conn):
+        if info.get(self.k.tx_used) and _snapshot_isolated(conn):
             stats.bypasses += 1
             return False
         keys = core.keys
@@ -203,7 +202,7 @@ class EngineHooks:
         executemany: bool,
     ) -> None:
         info = conn.info
-        info[TX_USED] = True
+        info[self.k.tx_used] = True
         if context is None:
             return
         if context.isinsert or context.isupdate or context.isdelete:
@@ -227,28 +226,28 @@ class EngineHooks:
         if autocommitting(conn):  # already committed by the database: publish now
             self.core.invalidate_written(tables if tables is not None else (ALL_TABLES,))
             return
-        written = info.get(WRITTEN)
+        written = info.get(self.k.written)
         if written is None:
-            written = info[WRITTEN] = set()
+            written = info[self.k.written] = set()
         written.update(tables if tables is not None else (ALL_TABLES,))
 
     def begin(self, conn: Any) -> None:
         info = conn.info
-        info.pop(WRITTEN, None)
-        info.pop(TX_USED, None)
+        info.pop(self.k.written, None)
+        info.pop(self.k.tx_used, None)
 
     def commit(self, conn: Any) -> None:
         info = conn.info
-        info.pop(TX_USED, None)
-        written = info.pop(WRITTEN, None)
+        info.pop(self.k.tx_used, None)
+        written = info.pop(self.k.written, None)
         if written:
-            info.setdefault(COMMITTING, set()).update(written)
+            info.setdefault(self.k.committing, set()).update(written)
 
     def rollback(self, conn: Any) -> None:
         if conn.invalidated:  # e.g. a task cancelled mid-query: its info went with it
             return
         info = conn.info
-        for key in (WRITTEN, COMMITTING, TX_USED):
+        for key in (self.k.written, self.k.committing, self.k.tx_used):
             info.pop(key, None)
 
     # installation ----------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from ._core_commit import COMMITTING, SESSION_OWNED
 from ._entities import FLUSHED, MARKER
 from ._options import CachedOption
 
@@ -62,7 +61,9 @@ class SessionHooks:
         if conns is None:
             conns = info[CONNECTIONS] = []
         conns.append(connection)
-        connection.info[SESSION_OWNED] = True  # its commit is published by after_commit
+        connection.info[self.core.conn_keys.session_owned] = (
+            True  # its commit is published by after_commit
+        )
         self.core.ensure_engine(connection.engine)
 
     def after_flush(self, session: Any, flush_context: Any) -> None:
@@ -72,7 +73,7 @@ class SessionHooks:
         info = session.info
         tables: set[str] = set()
         for conn in info.get(CONNECTIONS, ()):
-            written = conn.info.pop(COMMITTING, None)
+            written = conn.info.pop(self.core.conn_keys.committing, None)
             if written:
                 tables |= written
         self.core.entities.publish(session, tables)  # invalidates, and writes entities through

@@ -245,3 +245,27 @@ def test_engine_met_at_run_time_is_tracked_from_its_first_transaction(
         assert read(db, stmt) == [("late-bound",)]
     finally:
         other_engine.dispose()
+
+
+def test_two_caches_on_one_engine_both_see_every_commit(
+    db: Database, cache: QueryCache, redis_url: str, namespace: str
+) -> None:
+    from sqlalchemy.orm import sessionmaker
+
+    other = QueryCache.from_url(redis_url, namespace=namespace + "b")
+    other_sessions = sessionmaker(db.engine)
+    cache.attach(db.Session)
+    other.attach(other_sessions)
+    stmt = select(User.name).where(User.id == 4).options(cached())
+    try:
+        for factory in (db.Session, other_sessions):
+            with factory() as s:
+                assert s.execute(stmt).scalar_one() == "user4"
+        with db.Session.begin() as s:  # a commit driven by the first cache's session
+            s.execute(update(User).where(User.id == 4).values(name="seen-by-both"))
+        for factory in (db.Session, other_sessions):
+            with factory() as s:
+                assert s.execute(stmt).scalar_one() == "seen-by-both"
+    finally:
+        other.clear()
+        other.close()
