@@ -58,6 +58,9 @@ class Core:
             io = connect_sync(config)
         self.store = Store(io, config, self.stats)
         self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
+        if config.invalidate_after_outage:
+            all_key = [self.keys.all_key]
+            self.store.on_connection_lost = lambda: self.versions.mark_pending(all_key)
         self.codec = EntryCodec(
             config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
         )

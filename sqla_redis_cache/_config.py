@@ -107,6 +107,9 @@ class CacheConfig:
     # deployment and connection security (see _connection and docs/deployment.md) -----------
     #: Redis Cluster; startup nodes default to the URL's host
     cluster: bool = False
+    #: after losing the connection to Redis, replace the namespace token before serving again:
+    #: the server that answers next may be a promoted replica that missed recent invalidations
+    invalidate_after_outage: bool = True
     cluster_nodes: tuple[tuple[str, int], ...] = ()
     #: Sentinel: the sentinels' addresses, the monitored master's name, the sentinels' own auth
     sentinel_nodes: tuple[tuple[str, int], ...] = ()

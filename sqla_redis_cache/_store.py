@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import ClusterError, LockError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._config import CacheConfig
 from ._stats import StatsRecorder
@@ -263,6 +265,11 @@ class Breaker:
             self._start_probing()
 
 
+#: errors after which Redis may come back as a different server (failover, restart, a promoted
+#: replica that missed recent writes): see ``CacheConfig.invalidate_after_outage``
+_CONNECTIVITY_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterError, OSError)
+
+
 class Store:
     """Fail-open front of a :class:`RedisIO`."""
 
@@ -282,6 +289,8 @@ class Store:
             config.breaker_threshold, config.breaker_cooldown, lambda: io.mget([probe_key])
         )
         self._last_warning = 0.0
+        #: called on errors after which Redis may come back as another server
+        self.on_connection_lost: Callable[[], None] | None = None
 
     @property
     def io(self) -> RedisIO:
@@ -324,6 +333,8 @@ class Store:
     def failed(self, exc: BaseException) -> None:
         self.stats.errors += 1
         self.breaker.failure()
+        if self.on_connection_lost is not None and isinstance(exc, _CONNECTIVITY_ERRORS):
+            self.on_connection_lost()
         now = time.monotonic()
         if now - self._last_warning > 30.0:
             self._last_warning = now

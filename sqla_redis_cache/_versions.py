@@ -94,6 +94,11 @@ class Versions:
                 self._pending |= keys
         return ok
 
+    def mark_pending(self, keys: Iterable[str]) -> None:
+        """Replace these tokens before this process serves anything again."""
+        with self._lock:
+            self._pending |= set(keys)
+
     @property
     def has_pending(self) -> bool:
         return bool(self._pending)
