@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from ._cache import engines_of_binds
 from ._clients import make_async_client
 from ._config import CacheConfig
 from ._store import Mutex, RedisIO, Store, SyncIO
@@ -367,18 +368,9 @@ def sync_target(target: Any, *, create: bool = True) -> tuple[Any, list[Engine]]
     if isinstance(target, AsyncEngine):
         return target.sync_engine, [target.sync_engine]
     if isinstance(target, AsyncSession):
-        return target.sync_session, _engines(target.sync_session.bind)
+        return target.sync_session, engines_of_binds(target.sync_session.bind)
     maker: async_sessionmaker[Any] = target
     if not create:
         return _SCOPED.get(maker), []
     binds = maker.kw.get("binds") or {}
-    return _scoped_session_class(maker), _engines(maker.kw.get("bind"), *binds.values())
-
-
-def _engines(*binds: Any) -> list[Engine]:
-    engines = []
-    for bind in binds:
-        engine = getattr(getattr(bind, "sync_engine", bind), "engine", None)
-        if isinstance(engine, Engine):
-            engines.append(engine)
-    return engines
+    return _scoped_session_class(maker), engines_of_binds(maker.kw.get("bind"), *binds.values())

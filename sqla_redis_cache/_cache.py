@@ -116,19 +116,22 @@ def base_engine(engine: Engine) -> Engine:
     return engine
 
 
-def _engines_of(target: Any) -> list[Engine]:
-    binds: list[Any] = []
-    if isinstance(target, sessionmaker):
-        binds.append(target.kw.get("bind"))
-        binds.extend((target.kw.get("binds") or {}).values())
-    elif isinstance(target, Session):
-        binds.append(target.bind)
+def engines_of_binds(*binds: Any) -> list[Engine]:
+    """The (sync) engines behind session binds: engines, connections, async engines."""
     engines = []
     for bind in binds:
         engine = getattr(getattr(bind, "sync_engine", bind), "engine", None)
         if isinstance(engine, Engine):
             engines.append(engine)
     return engines
+
+
+def _engines_of(target: Any) -> list[Engine]:
+    if isinstance(target, sessionmaker):
+        return engines_of_binds(target.kw.get("bind"), *(target.kw.get("binds") or {}).values())
+    if isinstance(target, Session):
+        return engines_of_binds(target.bind)
+    return []
 
 
 class QueryCache:

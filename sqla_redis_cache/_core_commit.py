@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
+from ._listeners import Listeners
+
 if TYPE_CHECKING:
     from ._cache import Core
 
@@ -32,7 +34,7 @@ def autocommitting(conn: Any) -> bool:
     return bool(check()) if check is not None else False
 
 
-class CoreCommitHooks:
+class CoreCommitHooks(Listeners):
     """Listeners installed after ``EngineHooks`` on every engine a cache serves."""
 
     def __init__(self, core: Core) -> None:
@@ -63,21 +65,14 @@ class CoreCommitHooks:
         if pending:
             self.core.invalidate_written(pending)
 
-    _EVENTS = ("commit", "begin")
+    EVENTS = ("commit", "begin")
 
     def install(self, engine: Any) -> None:
-        for name in self._EVENTS:
-            if not event.contains(engine, name, getattr(self, name)):
-                event.listen(engine, name, getattr(self, name))
+        super().install(engine)
         pool = engine.pool
         if not event.contains(pool, "checkin", self.checkin):
             event.listen(pool, "checkin", self.checkin)
             self._pools.append(pool)
-
-    def uninstall(self, engine: Any) -> None:
-        for name in self._EVENTS:
-            if event.contains(engine, name, getattr(self, name)):
-                event.remove(engine, name, getattr(self, name))
 
     def release_pools(self) -> None:
         for pool in self._pools:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
 from sqlalchemy.engine.default import NO_CACHE_KEY
 
 from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
 from ._core_commit import autocommitting
 from ._cursor import CachedCursor
 from ._keys import UnkeyableParameter
+from ._listeners import Listeners
 from ._options import CacheDirective
 from ._rows import decode_result, encode_result, immutable_rows
 from ._sqlwrites import written_by_sql
@@ -89,7 +89,7 @@ def detached(engine: Any, statement: str, parameters: Any) -> Any:
     return build
 
 
-class EngineHooks:
+class EngineHooks(Listeners):
     """The listeners one cache installs on each engine it serves."""
 
     def __init__(self, core: Core) -> None:
@@ -250,9 +250,7 @@ class EngineHooks:
         for key in (self.k.written, self.k.committing, self.k.tx_used):
             info.pop(key, None)
 
-    # installation ----------------------------------------------------------------------------
-
-    _EVENTS = (
+    EVENTS = (
         "do_execute",
         "do_execute_no_params",
         "after_cursor_execute",
@@ -260,13 +258,3 @@ class EngineHooks:
         "commit",
         "rollback",
     )
-
-    def install(self, engine: Any) -> None:
-        for name in self._EVENTS:
-            if not event.contains(engine, name, getattr(self, name)):
-                event.listen(engine, name, getattr(self, name))
-
-    def uninstall(self, engine: Any) -> None:
-        for name in self._EVENTS:
-            if event.contains(engine, name, getattr(self, name)):
-                event.remove(engine, name, getattr(self, name))

@@ -25,7 +25,8 @@ import uuid
 import weakref
 from typing import Any
 
-_SAFE_SCALARS = (
+#: types whose repr is faithful and whose values are immutable
+SAFE_SCALARS = (
     type(None),
     bool,
     int,
@@ -47,7 +48,7 @@ class UnkeyableParameter(TypeError):
 
 def _check(value: Any) -> None:
     kind = type(value)
-    if kind in _SAFE_SCALARS:
+    if kind in SAFE_SCALARS:
         return
     if kind is tuple or kind is list:
         for item in value:

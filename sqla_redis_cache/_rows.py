@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._cursor import Description
+from ._keys import SAFE_SCALARS
 
 _RAW = 0
 _CODERS: dict[type, tuple[int, Callable[[Any], Any]]] = {
@@ -36,22 +37,7 @@ _DECODERS: dict[int, Callable[[Any], Any]] = {
     6: lambda v: datetime.timedelta(*v),
     7: bytes,
 }
-_IMMUTABLE = frozenset(
-    {
-        type(None),
-        bool,
-        int,
-        float,
-        str,
-        bytes,
-        decimal.Decimal,
-        datetime.datetime,
-        datetime.date,
-        datetime.time,
-        datetime.timedelta,
-        uuid.UUID,
-    }
-)
+_IMMUTABLE = frozenset(SAFE_SCALARS)
 
 Rows = list[tuple[Any, ...]]
 

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-
 from ._entities import FLUSHED, MARKER
+from ._listeners import Listeners
 from ._options import CachedOption
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 CONNECTIONS = "sqla_redis_cache.connections"
 
 
-class SessionHooks:
+class SessionHooks(Listeners):
     def __init__(self, core: Core) -> None:
         self.core = core
         self.option_key = core.option_key
@@ -84,20 +83,10 @@ class SessionHooks:
             for key in (CONNECTIONS, FLUSHED, MARKER):
                 info.pop(key, None)
 
-    _EVENTS = (
+    EVENTS = (
         "do_orm_execute",
         "after_begin",
         "after_flush",
         "after_commit",
         "after_transaction_end",
     )
-
-    def install(self, target: Any) -> None:
-        for name in self._EVENTS:
-            if not event.contains(target, name, getattr(self, name)):
-                event.listen(target, name, getattr(self, name))
-
-    def uninstall(self, target: Any) -> None:
-        for name in self._EVENTS:
-            if event.contains(target, name, getattr(self, name)):
-                event.remove(target, name, getattr(self, name))
