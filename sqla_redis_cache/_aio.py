@@ -36,9 +36,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from ._cache import engines_of_binds
 from ._clients import make_async_client
 from ._config import CacheConfig
+from ._core import engines_of_binds
 from ._store import Mutex, RedisIO, Store, SyncIO
 
 T = TypeVar("T")

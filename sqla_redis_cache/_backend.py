@@ -20,7 +20,7 @@ from ._codec import CorruptEntry
 from ._store import FAILED
 
 if TYPE_CHECKING:
-    from ._cache import Core
+    from ._core import Core
 
 
 class RedisBackend(BytesBackend):  # type: ignore[misc]

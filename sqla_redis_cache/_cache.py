@@ -7,10 +7,7 @@ SQLAlchemy.  Everything it writes to Redis lives under ``<namespace>:``.
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dogpile.cache.region import CacheRegion
@@ -18,123 +15,23 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _generic, _memoize
+from ._async_api import AsyncAPI
 from ._backend import make_dogpile_region
-from ._clients import connect_sync
-from ._codec import EntryCodec
 from ._config import CacheConfig
-from ._conninfo import ConnectionKeys
-from ._core_commit import CoreCommitHooks
-from ._entities import Entities
-from ._execution import ALL_TABLES, EngineHooks
-from ._keys import KeyBuilder
+from ._core import STATS_TTL_MS, Core, base_engine, engines_of
 from ._options import _clean
-from ._reader import Reader
-from ._session import SessionHooks
-from ._stats import CacheStats, StatsFlusher, StatsRecorder, stats_from_hash
-from ._store import FAILED, RedisIO, Store
-from ._versions import Versions
+from ._stats import CacheStats, StatsFlusher, stats_from_hash
+from ._store import FAILED, RedisIO
 from ._warmup import WarmupRegistry
-from ._write_rules import WriteRules
 
 if TYPE_CHECKING:
-    from ._aio import LoopRouter
+    pass
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-#: how long the shared statistics of an idle namespace are kept
-STATS_TTL_MS = 7 * 24 * 3600 * 1000
 
 
-class Core:
-    """The internals shared by the wiring modules (not public API)."""
-
-    def __init__(self, config: CacheConfig, io: RedisIO | None = None) -> None:
-        self.config = config
-        self.option_key = f"sqla_redis_cache:{config.namespace}:{id(self):x}"
-        self.conn_keys = ConnectionKeys.for_cache(f"{config.namespace}:{id(self):x}")
-        self.keys = KeyBuilder(config.namespace)
-        self.stats = StatsRecorder()
-        if io is None:
-            io = connect_sync(config)
-        self.store = Store(io, config, self.stats)
-        self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
-        if config.invalidate_after_outage:
-            all_key = [self.keys.all_key]
-            self.store.on_connection_lost = lambda: self.versions.mark_pending(all_key)
-        self.codec = EntryCodec(
-            config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
-        )
-        self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
-        self.engine_hooks = EngineHooks(self)
-        self.session_hooks = SessionHooks(self)
-        self.commit_hooks = CoreCommitHooks(self)
-        self.write_rules = WriteRules(config.invalidates)
-        self.entities = Entities(self)
-        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def ensure_engine(self, engine: Engine) -> bool:
-        """Install engine hooks if missing; True if they were just installed."""
-        engine = base_engine(engine)
-        if engine in self._engines:
-            return False
-        with self._lock:
-            if engine in self._engines:
-                return False
-            self.engine_hooks.install(engine)
-            self.commit_hooks.install(engine)
-            self._engines.add(engine)
-            return True
-
-    def release_engines(self) -> None:
-        with self._lock:
-            for engine in list(self._engines):
-                self.engine_hooks.uninstall(engine)
-                self.commit_hooks.uninstall(engine)
-            self.commit_hooks.release_pools()
-            self._engines = weakref.WeakSet()
-
-    def invalidate_written(
-        self,
-        tables: Iterable[str],
-        extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
-    ) -> bool:
-        """New tokens for written tables (and what rules add); ``extra`` joins the pipeline."""
-        tables = set(tables)
-        if ALL_TABLES in tables:
-            return self.versions.bump([self.keys.all_key])
-        tables, tags = self.write_rules.expand(tables)
-        keys = [self.keys.table(t) for t in tables]
-        keys.extend(self.keys.tag(t) for t in tags)
-        return self.versions.bump(keys, extra)
-
-
-def base_engine(engine: Engine) -> Engine:
-    """The engine behind ``engine.execution_options(...)`` copies, which share its events."""
-    while (proxied := getattr(engine, "_proxied", None)) is not None:
-        engine = proxied
-    return engine
-
-
-def engines_of_binds(*binds: Any) -> list[Engine]:
-    """The (sync) engines behind session binds: engines, connections, async engines."""
-    engines = []
-    for bind in binds:
-        engine = getattr(getattr(bind, "sync_engine", bind), "engine", None)
-        if isinstance(engine, Engine):
-            engines.append(engine)
-    return engines
-
-
-def _engines_of(target: Any) -> list[Engine]:
-    if isinstance(target, sessionmaker):
-        return engines_of_binds(target.kw.get("bind"), *(target.kw.get("binds") or {}).values())
-    if isinstance(target, Session):
-        return engines_of_binds(target.bind)
-    return []
-
-
-class QueryCache:
+class QueryCache(AsyncAPI):
     """A Redis-backed cache for SQLAlchemy query results and arbitrary values.
 
     Build it with :meth:`from_url` or :meth:`from_env`, then :meth:`attach` it to a
@@ -193,7 +90,7 @@ class QueryCache:
             isinstance(target, type) and issubclass(target, Session)
         ):
             core.session_hooks.install(target)
-            for engine in _engines_of(target):
+            for engine in engines_of(target):
                 core.ensure_engine(engine)
         else:
             raise TypeError(
@@ -327,7 +224,7 @@ class QueryCache:
         *,
         ttl: float | None = None,
         tags: Iterable[str] | str | None = None,
-        compress: bool | None = None,
+        compress: bool | str | None = None,
         region: str | None = None,
     ) -> bool:
         """Store ``value`` (msgpack types, plus pickle with a secret); False if Redis is down."""
@@ -346,7 +243,7 @@ class QueryCache:
         *,
         ttl: float | None = None,
         tags: Iterable[str] | str | None = None,
-        compress: bool | None = None,
+        compress: bool | str | None = None,
         region: str | None = None,
     ) -> T:
         return _generic.get_or_set(
@@ -365,80 +262,6 @@ class QueryCache:
         if region is None:
             region = self._regions[name] = make_dogpile_region(self._core, name)
         return region
-
-    # asyncio: awaitable twins of the generic API ---------------------------------------------
-    # Each runs the synchronous implementation in SQLAlchemy's greenlet, where every Redis call
-    # is awaited on the running loop (see _aio): same semantics, the event loop never blocks.
-
-    def _async_router(self) -> LoopRouter:
-        from ._aio import router
-
-        return router(self._core.store)
-
-    async def aget(self, key: str, default: Any = None) -> Any:
-        """Awaitable :meth:`get`."""
-        return await self._async_router().run(_generic.get_value, self._core, key, default)
-
-    async def aset(
-        self,
-        key: str,
-        value: Any,
-        *,
-        ttl: float | None = None,
-        tags: Iterable[str] | str | None = None,
-        compress: bool | None = None,
-        region: str | None = None,
-    ) -> bool:
-        """Awaitable :meth:`set`."""
-        fn = partial(_generic.set_value, ttl=ttl, tags=tags, compress=compress, region=region)
-        result: bool = await self._async_router().run(fn, self._core, key, value)
-        return result
-
-    async def aget_or_set(
-        self,
-        key: str,
-        creator: Callable[[], Awaitable[T]] | Callable[[], T],
-        *,
-        ttl: float | None = None,
-        tags: Iterable[str] | str | None = None,
-        compress: bool | None = None,
-        region: str | None = None,
-    ) -> T:
-        """Awaitable :meth:`get_or_set`; ``creator`` may be a coroutine function.
-
-        Concurrent misses of one loop wait on an asyncio lock while one of them runs
-        ``creator`` (and on the Redis lock across processes).
-        """
-        from ._aio import awaiting
-
-        router = self._async_router()
-        fn = partial(_generic.get_or_set, ttl=ttl, tags=tags, compress=compress, region=region)
-        result: T = await router.run(fn, self._core, key, awaiting(router, creator))
-        return result
-
-    async def adelete(self, key: str) -> bool:
-        """Awaitable :meth:`delete`."""
-        return await self._async_router().run(_generic.delete, self._core, key)
-
-    async def adelete_pattern(self, pattern: str) -> int:
-        """Awaitable :meth:`delete_pattern`."""
-        return await self._async_router().run(_generic.delete_pattern, self._core, pattern)
-
-    async def ainvalidate_tables(self, *tables: str) -> bool:
-        """Awaitable :meth:`invalidate_tables`."""
-        return await self._async_router().run(lambda: self.invalidate_tables(*tables))
-
-    async def ainvalidate_tags(self, *tags: str) -> bool:
-        """Awaitable :meth:`invalidate_tags`."""
-        return await self._async_router().run(lambda: self.invalidate_tags(*tags))
-
-    async def aclose(self) -> None:
-        """Close the running loop's asyncio Redis connections, then as :meth:`close`.
-
-        Call it from the loop that used the cache, e.g. at the end of a FastAPI lifespan.
-        """
-        await self._async_router().aclose()
-        self.close()
 
     # operations: shared statistics, memoize, warm-up (issue 6) -----------------------------
 

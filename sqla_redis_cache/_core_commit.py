@@ -25,7 +25,7 @@ from sqlalchemy import event
 from ._listeners import Listeners
 
 if TYPE_CHECKING:
-    from ._cache import Core
+    from ._core import Core
 
 
 def autocommitting(conn: Any) -> bool:

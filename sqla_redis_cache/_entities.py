@@ -56,7 +56,7 @@ from ._store import CAS_SET, FAILED
 from ._versions import Versions
 
 if TYPE_CHECKING:
-    from ._cache import Core
+    from ._core import Core
 
 FLUSHED = "sqla_redis_cache.entities"
 MARKER = "sqla_redis_cache.entity_marker"

@@ -41,7 +41,7 @@ from ._rows import decode_result, encode_result, immutable_rows
 from ._sqlwrites import written_by_sql
 
 if TYPE_CHECKING:
-    from ._cache import Core
+    from ._core import Core
 
 #: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
 ALL_TABLES = "*"

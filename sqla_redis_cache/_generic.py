@@ -26,7 +26,7 @@ from ._store import FAILED
 from ._versions import Versions
 
 if TYPE_CHECKING:
-    from ._cache import Core
+    from ._core import Core
 
 T = TypeVar("T")
 _MISSING: Any = object()

@@ -28,7 +28,7 @@ from ._keys import UnkeyableParameter, fingerprint_parameters
 from ._options import _clean
 
 if TYPE_CHECKING:
-    from ._cache import Core
+    from ._core import Core
 
 F = TypeVar("F", bound=Callable[..., Any])
 

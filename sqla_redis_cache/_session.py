@@ -32,7 +32,7 @@ from ._listeners import Listeners
 from ._options import CachedOption
 
 if TYPE_CHECKING:
-    from ._cache import Core
+    from ._core import Core
 
 CONNECTIONS = "sqla_redis_cache.connections"
 
