@@ -381,7 +381,10 @@ def _primary_key_get(orm_state: Any) -> tuple[Mapper[Any], tuple[Any, ...]] | No
         return None
     criteria: tuple[Any, ...] = getattr(statement, "_where_criteria", ())
     clause, params = mapper._get_clause
-    if len(criteria) != 1 or criteria[0] is not clause:
+    if len(criteria) != 1:
+        return None
+    # SQLAlchemy 2.1 passes the mapper's clause itself, 2.0 an annotated copy of it
+    if criteria[0] is not clause and not criteria[0].compare(clause):
         return None
     if not all(isinstance(o, CachedOption) for o in statement._with_options):
         return None
