@@ -88,15 +88,23 @@ class Core:
         self,
         tables: Iterable[str],
         extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
+        *,
+        pending: bool = False,
     ) -> bool:
-        """New tokens for written tables (and what rules add); ``extra`` joins the pipeline."""
+        """New tokens for written tables (and what rules add); ``extra`` joins the pipeline.
+
+        ``pending`` (a commit about to happen whose end cannot be observed): pending tokens,
+        under which nothing is cached, until the tokens are replaced again after the commit or
+        ``lock_timeout`` passes.
+        """
+        pending_ms = max(1, int(self.config.lock_timeout * 1000)) if pending else None
         tables = set(tables)
         if ALL_TABLES in tables:
-            return self.versions.bump([self.keys.all_key])
+            return self.versions.bump([self.keys.all_key], pending_ms=pending_ms)
         tables, tags = self.write_rules.expand(tables)
         keys = [self.keys.table(t) for t in tables]
         keys.extend(self.keys.tag(t) for t in tags)
-        return self.versions.bump(keys, extra)
+        return self.versions.bump(keys, extra, pending_ms=pending_ms)
 
 
 def base_engine(engine: Engine) -> Engine:

@@ -4,11 +4,14 @@ A Session tells us when its commit succeeded (``after_commit``); a bare Connecti
 SQLAlchemy's ``commit`` event fires *before* the DBAPI commit and there is no event after it.
 So the tables a Core transaction wrote are published twice:
 
-- in the ``commit`` event, just before the database commits, so entries stop being served at
-  once; a reader that refills one during the commit's own round trip could store the old rows
-  under the new tokens, hence
+- in the ``commit`` event, just before the database commits, as *pending* tokens: entries
+  stop being served at once, and nothing is stored for those tables while the commit is in
+  flight (a reader could otherwise store the old rows under the new tokens);
 - again at the first moment known to follow the commit: the connection's next ``begin`` or its
   return to the pool (``checkin``), which for ``with engine.begin():`` is the end of the block.
+  This replaces the pending tokens with ordinary ones; if it never comes (a connection left
+  idle, a crashed process) the pending tokens expire after ``lock_timeout`` and the tables are
+  cached again.
 
 Publishing after a commit that failed only costs misses.  Under AUTOCOMMIT isolation every
 statement commits by itself, and ``_execution`` publishes the write as soon as it ran.
@@ -49,7 +52,7 @@ class CoreCommitHooks(Listeners):
             return
         pending = info.get(self.core.conn_keys.committing)
         if pending:
-            self.core.invalidate_written(pending)
+            self.core.invalidate_written(pending, pending=True)
 
     def begin(self, conn: Any) -> None:
         self._publish(conn.info)

@@ -30,6 +30,12 @@ from ._store import FAILED, Store
 TOKEN_LENGTH = 16
 
 
+#: prefix of a *pending* token: set just before a commit whose end cannot be observed (a Core
+#: connection); entries are never stamped with one, so nothing is cached or served for those
+#: tables until it is replaced after the commit or expires
+PENDING = b"pending:"
+
+
 def new_token() -> bytes:
     return os.urandom(TOKEN_LENGTH // 2).hex().encode()
 
@@ -49,7 +55,10 @@ class Versions:
         return b"".join(values)  # type: ignore[arg-type]
 
     def ensure(self, keys: Sequence[str], values: Sequence[bytes | None]) -> bytes | None:
-        """Stamps for ``keys``, creating missing tokens first; None if Redis failed."""
+        """Stamps for ``keys``, creating missing tokens first; None if Redis failed or a
+        token is pending (a commit in flight: nothing may be stored under it)."""
+        if any(v is not None and v.startswith(PENDING) for v in values):
+            return None
         missing = [k for k, v in zip(keys, values, strict=True) if v is None]
         if not missing:
             return b"".join(values)  # type: ignore[arg-type]
@@ -62,16 +71,21 @@ class Versions:
             return None
         created = dict(zip(missing, replies[1::2], strict=True))
         tokens = [v if v is not None else created[k] for k, v in zip(keys, values, strict=True)]
+        if any(t is not None and t.startswith(PENDING) for t in tokens):
+            return None
         return self.stamps(tokens)
 
     def bump(
         self,
         keys: Iterable[str],
         extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
+        *,
+        pending_ms: int | None = None,
     ) -> bool:
         """Replace the tokens of ``keys``; remember them as pending if Redis fails.
 
         ``extra(new_tokens)`` may append commands to the same pipeline (entity write-through).
+        ``pending_ms`` sets *pending* tokens that expire after that many milliseconds instead.
         """
         keys = set(keys)
         with self._lock:
@@ -79,9 +93,11 @@ class Versions:
             self._pending = set()
         if not keys:
             return True
-        tokens = {key: new_token() for key in sorted(keys)}
+        prefix = b"" if pending_ms is None else PENDING
+        ttl_ms = self._ttl_ms if pending_ms is None else pending_ms
+        tokens = {key: prefix + new_token() for key in sorted(keys)}
         commands: list[tuple[Any, ...]] = [
-            ("SET", key, token, "PX", self._ttl_ms) for key, token in tokens.items()
+            ("SET", key, token, "PX", ttl_ms) for key, token in tokens.items()
         ]
         if extra is not None:
             commands.extend(extra(tokens))

@@ -269,3 +269,40 @@ def test_two_caches_on_one_engine_both_see_every_commit(
     finally:
         other.clear()
         other.close()
+
+
+def test_core_commit_on_a_connection_left_open_is_never_served_stale(
+    db: Database, cache: QueryCache
+) -> None:
+    """A reader that refills while a Core commit is in flight stores nothing; after the commit
+    the still-open connection's write is visible at once (not at its next use or checkin)."""
+    import threading
+
+    from sqlalchemy import event
+
+    cache.attach(db.engine)
+    cache.attach(db.Session)
+    stmt = select(User.name).where(User.id == 5)
+    assert read(db, stmt) == [("user5",)]
+    seen_during_commit: list[list[Any]] = []
+
+    def reader_during_commit(conn: Any) -> None:  # runs after the cache's own commit hooks
+        thread = threading.Thread(target=lambda: seen_during_commit.append(read(db, stmt)))
+        thread.start()
+        thread.join()
+
+    event.listen(db.engine, "commit", reader_during_commit)
+    conn = db.engine.connect()
+    try:
+        conn.execute(update(User).where(User.id == 5).values(name="core-committed"))
+        conn.commit()
+        event.remove(db.engine, "commit", reader_during_commit)
+        assert seen_during_commit == [[("user5",)]]  # the commit had not happened yet
+        assert read(db, stmt) == [("core-committed",)]  # connection still open and idle
+    finally:
+        if event.contains(db.engine, "commit", reader_during_commit):
+            event.remove(db.engine, "commit", reader_during_commit)
+        conn.close()  # checkin: ordinary tokens again, the table is cached again
+    assert read(db, stmt) == [("core-committed",)]
+    with db.counter.expect(0):
+        assert read(db, stmt) == [("core-committed",)]
