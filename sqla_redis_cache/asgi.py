@@ -16,8 +16,9 @@ like every other fill, so a write that races the request makes its entry stale a
 "clear-db" | "clear-ai" | "reset-stats" | "warm-up"}``), the seed's status API.  It refuses to
 exist without a ``guard``: an unguarded mount raises at construction, before the app starts.
 
-Redis calls here are the store's short synchronous calls (50 ms timeouts, circuit breaker);
-the slow operator actions run in a worker thread.
+Redis calls here never block the event loop: they go through the cache's asyncio I/O
+(``_aio``: redis.asyncio awaited from a SQLAlchemy greenlet), with the store's fail-open rules
+(50 ms timeouts, circuit breaker); the slow operator actions run in a worker thread.
 """
 
 from __future__ import annotations
@@ -121,9 +122,8 @@ class CacheMiddleware:
         key = core.keys.generic(self._key(scope, headers))
         deps = core.keys.dependencies((), tags)
         started = time.perf_counter()
-        values = core.store.mget([key, *deps])
+        values, opened = await self._router().run(self._lookup, key, deps)
         if values is not FAILED:
-            opened = core.reader._open(key, values, _payload, None)
             if opened is not None:
                 core.stats.hit(time.perf_counter() - started)
                 status, response_headers, body = opened[1]
@@ -142,6 +142,19 @@ class CacheMiddleware:
             core.stats.bypasses += 1
         await self._fill(scope, receive, send, key, deps, tags, values)
 
+    def _router(self) -> Any:
+        from ._aio import router
+
+        return router(self.cache._core.store)
+
+    def _lookup(self, key: str, deps: list[str]) -> tuple[Any, Any]:
+        """(values read, opened entry or None); runs in a greenlet, Redis calls awaited."""
+        core = self.cache._core
+        values = core.store.mget([key, *deps])
+        if values is FAILED:
+            return values, None
+        return values, core.reader._open(key, values, _payload, None)
+
     async def _fill(
         self,
         scope: Scope,
@@ -153,7 +166,8 @@ class CacheMiddleware:
         values: Any,
     ) -> None:
         core = self.cache._core
-        stamps = None if values is FAILED else core.versions.ensure(deps, values[1:])
+        run = self._router().run
+        stamps = None if values is FAILED else await run(core.versions.ensure, deps, values[1:])
         state: dict[str, Any] = {"keep": stamps is not None, "body": []}
 
         async def capture(message: Message) -> None:
@@ -171,7 +185,7 @@ class CacheMiddleware:
                 if not message.get("more_body", False) and state["keep"]:
                     value = [state["status"], state["headers"], b"".join(state["body"])]
                     entry = seal_value(core, stamps or b"", tags, value, None)
-                    core.store.pipeline([("SET", key, entry, "PX", self.ttl_ms)])
+                    await run(core.store.pipeline, [("SET", key, entry, "PX", self.ttl_ms)])
             await send(message)
 
         await self.app(scope, receive, capture)
@@ -202,7 +216,7 @@ class CacheMiddleware:
         if status and status[0] < 400:
             tags = set(self._tags(scope)) | set(self.revalidate)
             if tags:
-                self.cache.invalidate_tags(*tags)
+                await self.cache.ainvalidate_tags(*tags)
 
 
 Guard = Callable[[Any], bool | Awaitable[bool]]

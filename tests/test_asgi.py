@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import threading
+import time
+import uuid
 from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
+import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -16,6 +23,7 @@ from sqla_redis_cache import ConfigurationError, QueryCache
 from sqla_redis_cache.asgi import CacheMiddleware, status_app
 
 from . import _services
+from .test_asyncio import BUSY_SCRIPT
 
 
 def make_app(cache: QueryCache, **options: Any) -> tuple[TestClient, Counter[str]]:
@@ -187,3 +195,59 @@ def test_status_api_get_and_actions(cache: QueryCache) -> None:
     assert post("drop-tables")[0] == 400
     bad = client.post("/api/cache/status", content=b"nope", headers=admin)
     assert bad.status_code == 400
+
+
+@pytest.mark.slow
+def test_middleware_never_blocks_the_event_loop_on_a_busy_redis() -> None:
+    """A cached GET while Redis is busy for 0.6 s: other coroutines keep running."""
+    port = _services.free_port()
+    proc = _services.start_redis_server(port)
+    url = f"redis://127.0.0.1:{port}/0"
+    cache = QueryCache.from_url(url, namespace="asgi" + uuid.uuid4().hex[:8], socket_timeout=5.0)
+
+    async def items(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    app = CacheMiddleware(Starlette(routes=[Route("/items", items)]), cache)
+
+    def busy() -> None:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            client.eval(BUSY_SCRIPT, 0, 600_000)
+        finally:
+            client.close()
+
+    async def body() -> tuple[float, list[float], str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.get("/items")  # fill
+            ticks: list[float] = []
+            stop = asyncio.Event()
+
+            async def ticker() -> None:
+                while not stop.is_set():
+                    ticks.append(time.perf_counter())
+                    await asyncio.sleep(0.002)
+
+            task = asyncio.create_task(ticker())
+            thread = threading.Thread(target=busy)
+            thread.start()
+            await asyncio.sleep(0.05)
+            started = time.perf_counter()
+            response = await client.get("/items")
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await task
+            await asyncio.to_thread(thread.join)
+            await cache.aclose()
+            ticks = [t for t in ticks if started <= t <= started + elapsed]
+            return elapsed, ticks, response.headers["x-cache"]
+
+    try:
+        elapsed, ticks, verdict = asyncio.run(body())
+    finally:
+        _services.stop(proc)
+    assert verdict == "HIT"
+    assert elapsed > 0.3, "the request did not wait for the busy Redis: the test proves nothing"
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps):.3f}s"
