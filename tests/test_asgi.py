@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import threading
-import time
 import uuid
 from collections import Counter
 from typing import Any
 
 import httpx
 import pytest
-import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -23,7 +19,7 @@ from sqla_redis_cache import ConfigurationError, QueryCache
 from sqla_redis_cache.asgi import CacheMiddleware, status_app
 
 from . import _services
-from .test_asyncio import BUSY_SCRIPT
+from ._busy import while_redis_is_busy
 
 
 def make_app(cache: QueryCache, **options: Any) -> tuple[TestClient, Counter[str]]:
@@ -210,44 +206,18 @@ def test_middleware_never_blocks_the_event_loop_on_a_busy_redis() -> None:
 
     app = CacheMiddleware(Starlette(routes=[Route("/items", items)]), cache)
 
-    def busy() -> None:
-        client = redis.Redis.from_url(url, socket_timeout=5)
-        try:
-            client.eval(BUSY_SCRIPT, 0, 600_000)
-        finally:
-            client.close()
-
-    async def body() -> tuple[float, list[float], str]:
+    async def body() -> tuple[str, float, list[float]]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             await client.get("/items")  # fill
-            ticks: list[float] = []
-            stop = asyncio.Event()
-
-            async def ticker() -> None:
-                while not stop.is_set():
-                    ticks.append(time.perf_counter())
-                    await asyncio.sleep(0.002)
-
-            task = asyncio.create_task(ticker())
-            thread = threading.Thread(target=busy)
-            thread.start()
-            await asyncio.sleep(0.05)
-            started = time.perf_counter()
-            response = await client.get("/items")
-            elapsed = time.perf_counter() - started
-            stop.set()
-            await task
-            await asyncio.to_thread(thread.join)
+            response, elapsed, gaps = await while_redis_is_busy(url, lambda: client.get("/items"))
             await cache.aclose()
-            ticks = [t for t in ticks if started <= t <= started + elapsed]
-            return elapsed, ticks, response.headers["x-cache"]
+            return response.headers["x-cache"], elapsed, gaps
 
     try:
-        elapsed, ticks, verdict = asyncio.run(body())
+        verdict, elapsed, gaps = asyncio.run(body())
     finally:
         _services.stop(proc)
     assert verdict == "HIT"
     assert elapsed > 0.3, "the request did not wait for the busy Redis: the test proves nothing"
-    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps):.3f}s"

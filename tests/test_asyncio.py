@@ -7,9 +7,7 @@ Each test runs one event loop (``asyncio.run``) with its own async engine, count
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
 
 from . import _services
+from ._busy import while_redis_is_busy
 from ._counting import Counter, make_counted_async_engine
 from .conftest import Database, _database
 from .models import User
@@ -264,17 +262,6 @@ def test_concurrent_aget_or_set_runs_creator_once(patient_cache: QueryCache) -> 
     assert results == [{"answer": 42}] * 20 and len(calls) == 1
 
 
-BUSY_SCRIPT = """
-local t0 = redis.call('TIME')
-local start = tonumber(t0[1]) * 1000000 + tonumber(t0[2])
-while true do
-  local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000000 + tonumber(t[2]) - start > tonumber(ARGV[1]) then break end
-end
-return 1
-"""
-
-
 @pytest.fixture
 def private_redis() -> Iterator[str]:
     """A throwaway redis-server: these tests make it unresponsive on purpose."""
@@ -293,43 +280,21 @@ def test_busy_redis_does_not_block_the_event_loop(apg: AsyncDb, private_redis: s
     )
     stmt = BY_ORG.options(cached())
 
-    def busy() -> None:
-        client = redis.Redis.from_url(private_redis, socket_timeout=5)
-        try:
-            client.eval(BUSY_SCRIPT, 0, 600_000)  # keeps Redis busy for 0.6 s
-        finally:
-            client.close()
-
     async def body(loop: Loop) -> tuple[float, list[float]]:
         await names(loop, stmt)  # fill
-        ticks: list[float] = []
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            while not stop.is_set():
-                ticks.append(time.perf_counter())
-                await asyncio.sleep(0.002)
-
-        tick_task = asyncio.create_task(ticker())
-        thread = threading.Thread(target=busy)
-        thread.start()
-        await asyncio.sleep(0.05)  # the script is running: Redis answers nobody now
-        started = time.perf_counter()
         with loop.counter.expect(0):  # still a hit, served once Redis is back
-            assert await names(loop, stmt) == ["user1", "user2", "user3"]
-        elapsed = time.perf_counter() - started
-        stop.set()
-        await tick_task
-        await asyncio.to_thread(thread.join)
-        return elapsed, [t for t in ticks if started <= t <= started + elapsed]
+            found, elapsed, gaps = await while_redis_is_busy(
+                private_redis, lambda: names(loop, stmt)
+            )
+        assert found == ["user1", "user2", "user3"]
+        return elapsed, gaps
 
     try:
-        elapsed, ticks = run(apg, cache, body)
+        elapsed, gaps = run(apg, cache, body)
     finally:
         cache.close()
     assert elapsed > 0.3, "the read did not wait for the busy Redis: the test proves nothing"
-    gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert len(ticks) > elapsed / 0.02, f"only {len(ticks)} ticks in {elapsed:.2f}s"
+    assert len(gaps) > elapsed / 0.02, f"only {len(gaps)} ticks in {elapsed:.2f}s"
     assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps):.3f}s"
 
 
