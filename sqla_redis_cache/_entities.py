@@ -48,8 +48,7 @@ from sqlalchemy.orm.state import InstanceState
 
 from ._analysis import table_name
 from ._codec import CorruptEntry, Unencodable
-from ._conninfo import ConnectionKeys
-from ._execution import _snapshot_isolated
+from ._entity_get import primary_key_get, transaction_blocks
 from ._keys import UnkeyableParameter, fingerprint_parameters
 from ._options import CachedOption
 from ._store import CAS_SET, FAILED
@@ -206,14 +205,14 @@ class Entities:
 
     def try_get(self, orm_state: Any, option: CachedOption) -> Any:
         """A Result for an eligible ``session.get(..., options=[cached()])``, else None."""
-        get = _primary_key_get(orm_state)
+        get = primary_key_get(orm_state)
         if get is None:
             return None
         mapper, pk = get
         session = orm_state.session
         if session.new or session.dirty or session.deleted:
             return None
-        if _transaction_blocks(session, self.core.conn_keys):
+        if transaction_blocks(session, self.core.conn_keys):
             return None
         identity = mapper.identity_key_from_primary_key(pk)
         if identity in session.identity_map:
@@ -238,7 +237,7 @@ class Entities:
             return result
         frozen = result.freeze()
         loaded = frozen().scalars().all()
-        if len(loaded) == 1 and not _transaction_blocks(session, self.core.conn_keys):
+        if len(loaded) == 1 and not transaction_blocks(session, self.core.conn_keys):
             self.store_loaded(key, deps, values, inspect(loaded[0]))
         return frozen()
 
@@ -367,45 +366,3 @@ class Entities:
                 return None
             parts.append(token)
         return b"".join(parts)
-
-
-def _primary_key_get(orm_state: Any) -> tuple[Mapper[Any], tuple[Any, ...]] | None:
-    """(mapper, pk) when ``orm_state`` is a plain ``session.get()`` with only ``cached()``."""
-    if orm_state.load_options._refresh_state is not None:
-        return None
-    if orm_state.load_options._populate_existing:
-        return None
-    statement = orm_state.statement
-    mapper = orm_state.bind_mapper
-    if mapper is None or getattr(statement, "_for_update_arg", None) is not None:
-        return None
-    criteria: tuple[Any, ...] = getattr(statement, "_where_criteria", ())
-    clause, params = mapper._get_clause
-    if len(criteria) != 1:
-        return None
-    # SQLAlchemy 2.1 passes the mapper's clause itself, 2.0 an annotated copy of it
-    if criteria[0] is not clause and not criteria[0].compare(clause):
-        return None
-    if not all(isinstance(o, CachedOption) for o in statement._with_options):
-        return None
-    given = orm_state.parameters or {}
-    try:
-        pk = tuple(given[params[col].key] for col in mapper.primary_key)
-    except KeyError:
-        return None
-    return mapper, pk
-
-
-def _transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
-    """True when the session's transaction wrote, or reads from an older snapshot."""
-    from ._session import CONNECTIONS
-
-    for conn in session.info.get(CONNECTIONS, ()):
-        if conn.closed:
-            continue
-        info = conn.info
-        if info.get(k.written) or info.get(k.committing):
-            return True
-        if info.get(k.tx_used) and _snapshot_isolated(conn):
-            return True
-    return False
