@@ -82,6 +82,16 @@ def cache(redis_target: RedisTarget, namespace: str) -> Iterator[QueryCache]:
     qc.close()
 
 
+@pytest.fixture
+def patient_cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
+    """For timing-sensitive tests: timeouts long enough that a loaded machine never makes
+    Redis fail open (which would rightly skip the stampede lock and break the counts)."""
+    qc = QueryCache.from_url(redis_url, namespace=namespace, connect_timeout=2, socket_timeout=2)
+    yield qc
+    qc.clear()
+    qc.close()
+
+
 _ENGINES: dict[str, tuple[Engine, Counter]] = {}
 
 

@@ -220,16 +220,6 @@ def test_async_fails_open_when_redis_is_down(adb: AsyncDb, namespace: str) -> No
 # --------------------------------------------------------------------------- the event loop
 
 
-@pytest.fixture
-def patient_cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
-    """Timeouts long enough that a burst of new connections on a loaded machine never fails
-    open (which would rightly build without the lock and break the counts)."""
-    qc = QueryCache.from_url(redis_url, namespace=namespace, connect_timeout=2, socket_timeout=2)
-    yield qc
-    qc.clear()
-    qc.close()
-
-
 def test_concurrent_misses_run_one_query(adb: AsyncDb, patient_cache: QueryCache) -> None:
     cache = patient_cache
     stmt = BY_ORG.options(cached())

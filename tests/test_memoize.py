@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -15,15 +14,6 @@ import redis
 from sqla_redis_cache import ConfigurationError, QueryCache
 
 from . import _services
-
-
-@pytest.fixture
-def patient_cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
-    """Timing-sensitive tests: generous timeouts so a loaded machine cannot fail Redis open."""
-    qc = QueryCache.from_url(redis_url, namespace=namespace, connect_timeout=2, socket_timeout=2)
-    yield qc
-    qc.clear()
-    qc.close()
 
 
 def test_sync_results_are_shared_between_caches(redis_url: str, namespace: str) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -23,15 +21,6 @@ from sqla_redis_cache.prometheus import CacheCollector
 from . import _services
 from .conftest import Database
 from .models import User
-
-
-@pytest.fixture
-def patient_cache(redis_url: str, namespace: str) -> Iterator[QueryCache]:
-    """Timing-sensitive tests: generous timeouts so a loaded machine cannot fail Redis open."""
-    qc = QueryCache.from_url(redis_url, namespace=namespace, connect_timeout=2, socket_timeout=2)
-    yield qc
-    qc.clear()
-    qc.close()
 
 
 def traffic(db: Database, cache: QueryCache) -> None:
