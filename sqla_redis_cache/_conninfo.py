@@ -21,10 +21,19 @@ class ConnectionKeys:
     tx_used: str
     #: the connection is driven by a Session, whose after_commit publishes
     session_owned: str
+    #: entity rows a Session flushed in the current transaction (written through at commit)
+    entity_writes: str
+    #: those rows as reloaded just before the database commit, until they are published
+    entity_reloaded: str
 
     @classmethod
     def for_cache(cls, tag: str) -> ConnectionKeys:
         prefix = f"sqla_redis_cache:{tag}:"
         return cls(
-            prefix + "written", prefix + "committing", prefix + "tx_used", prefix + "session"
+            prefix + "written",
+            prefix + "committing",
+            prefix + "tx_used",
+            prefix + "session",
+            prefix + "entity_writes",
+            prefix + "entity_reloaded",
         )

@@ -73,6 +73,7 @@ class Core:
                 return False
             self.engine_hooks.install(engine)
             self.commit_hooks.install(engine)
+            self.entities.write_through.install(engine)  # its commit runs after EngineHooks'
             self._engines.add(engine)
             return True
 
@@ -81,6 +82,7 @@ class Core:
             for engine in list(self._engines):
                 self.engine_hooks.uninstall(engine)
                 self.commit_hooks.uninstall(engine)
+                self.entities.write_through.uninstall(engine)
             self.commit_hooks.release_pools()
             self._engines = weakref.WeakSet()
 
@@ -90,8 +92,11 @@ class Core:
         extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
         *,
         pending: bool = False,
+        expected: Mapping[str, bytes] | None = None,
     ) -> bool:
         """New tokens for written tables (and what rules add); ``extra`` joins the pipeline.
+
+        ``expected``: token keys swapped only-if-unchanged (see ``Versions.bump``).
 
         ``pending`` (a commit about to happen whose end cannot be observed): pending tokens,
         under which nothing is cached, until the tokens are replaced again after the commit or
@@ -104,7 +109,7 @@ class Core:
         tables, tags = self.write_rules.expand(tables)
         keys = [self.keys.table(t) for t in tables]
         keys.extend(self.keys.tag(t) for t in tags)
-        return self.versions.bump(keys, extra, pending_ms=pending_ms)
+        return self.versions.bump(keys, extra, pending_ms=pending_ms, expected=expected)
 
 
 def base_engine(engine: Engine) -> Engine:

@@ -5,12 +5,13 @@ the base table of its class hierarchy and its primary key (``ns:e:<digest>``), s
 ``session.get(Employee, 2)`` finds the ``Manager`` stored by a flush of that manager.
 
 Freshness works as for queries: an entry is stamped with the tokens of the namespace and of
-every table of its hierarchy, so any write those tables see (bulk DML, Core, text(), another
-process) turns it into a miss.  What a Session commits is *written through*: the tables'
-new tokens and the committed values of every new or changed entity go out in the same
-pipeline after the commit, so the next ``get`` anywhere is a hit with the new values, and
-deleted entities are removed.  Stamping an entry with a namespace token remembered from an
-earlier read is safe: a token that changed since only makes the entry a miss.
+every table its loaded columns read (the tables of its class hierarchy, and those a
+``column_property`` selects from), so any write those tables see (bulk DML, Core, text(),
+another process) turns it into a miss.  What a Session commits is *written through*
+(``_write_through``): the rows it wrote are reloaded from the database just before the commit
+and published with the tables' new tokens after it, so the next ``get`` anywhere is a hit with
+exactly what the database holds, and deleted rows are removed.  Only the hierarchies this
+process reads through the entity cache are written through; the others are only invalidated.
 
 ``session.get(cls, pk, options=[cached()])`` is answered here before any SQL when the session
 holds no pending changes, its transaction wrote none of those tables, the object is not in
@@ -18,24 +19,13 @@ the identity map already, and no other loader options were given; a hit adds a c
 persistent object to the session (no ``load`` event fires for it).  A miss loads from the
 database and stores the row with the tokens read before the query.  Values the codec cannot
 store (or rows with unloaded, server-generated columns) are simply not cached.
-
-Write-through never lets an older commit win.  Two transactions committing the same row
-publish after their commits, possibly in the opposite order.  So every flush first replaces
-the entries of the rows it wrote with a *pending marker* naming its transaction; the flush
-holds the rows' locks, so any earlier writer of those rows has committed by then.  After the
-commit, the entry is written with a single-key compare-and-set (``CAS_SET``) that succeeds
-only if that transaction's marker is still there.  A late publish of an older transaction
-finds a newer marker or value and writes nothing; a reader that meets a marker misses and
-reads the database (its fill is stamped with tokens the commit then replaces).  A marker
-left by a crashed or rolled-back transaction is a miss until it expires (``lock_timeout``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
@@ -45,33 +35,42 @@ from sqlalchemy.orm import Mapper, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.base import NEVER_SET, NO_VALUE
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.selectable import TableClause
 
 from ._analysis import table_name
 from ._codec import CorruptEntry, Unencodable
 from ._entity_get import primary_key_get, transaction_blocks
 from ._keys import UnkeyableParameter, fingerprint_parameters
 from ._options import CachedOption
-from ._store import CAS_SET, FAILED
+from ._store import FAILED
 from ._versions import Versions
+from ._write_through import WriteThrough
 
 if TYPE_CHECKING:
     from ._core import Core
-
-FLUSHED = "sqla_redis_cache.entities"
-MARKER = "sqla_redis_cache.entity_marker"
-_MARKER_PREFIX = b"\x00sqla-redis-cache:pending:"
 
 
 class _Hierarchy:
     """What the cache needs to know about one mapped class hierarchy (memoised)."""
 
-    __slots__ = ("base", "classes", "tables")
+    __slots__ = ("base", "classes", "tables", "used")
 
     def __init__(self, mapper: Mapper[Any]) -> None:
         self.base = mapper.base_mapper
         mappers = list(self.base.self_and_descendants)
-        self.tables = sorted({table_name(t, None) for m in mappers for t in m.tables})
+        tables = {table_name(t, None) for m in mappers for t in m.tables}
+        for m in mappers:  # what column_property expressions read
+            for prop in m.column_attrs:
+                for column in prop.columns:
+                    for element in visitors.iterate(column):
+                        if isinstance(element, TableClause):
+                            tables.add(table_name(element, None))
+        #: every table a loaded column reads: an entry depends on all of them
+        self.tables = sorted(tables)
         self.classes = {_class_path(m.class_): m for m in mappers}
+        #: this process has read the hierarchy through the entity cache (write-through is on)
+        self.used = False
 
 
 def _class_path(cls: type) -> str:
@@ -88,14 +87,15 @@ class Entities:
             None if setting is True else frozenset(() if setting is False else setting)
         )
         self._hierarchies: dict[Mapper[Any], _Hierarchy] = {}
-        self._all_token: bytes | None = None
+        self.write_through = WriteThrough(self)
 
     # keys ------------------------------------------------------------------------------------
 
     def hierarchy(self, mapper: Mapper[Any]) -> _Hierarchy:
-        found = self._hierarchies.get(mapper)
+        base = mapper.base_mapper
+        found = self._hierarchies.get(base)
         if found is None:
-            found = self._hierarchies[mapper] = _Hierarchy(mapper)
+            found = self._hierarchies[base] = _Hierarchy(base)
         return found
 
     def key(self, engine: Any, mapper: Mapper[Any], pk: Sequence[Any]) -> str:
@@ -122,6 +122,7 @@ class Entities:
     ) -> tuple[str, list[str], list[bytes | None] | None, dict[str, Any] | None, Mapper[Any]]:
         """(key, deps, values read, committed values or None, stored mapper)."""
         hierarchy = self.hierarchy(mapper)
+        hierarchy.used = True
         key = self.key(engine, mapper, pk)
         deps = self.deps(hierarchy)
         core = self.core
@@ -130,8 +131,6 @@ class Entities:
         values = core.store.mget([key, *deps])
         if values is FAILED:
             return key, deps, None, None, mapper
-        if values[1] is not None:
-            self._all_token = values[1]
         entry = values[0]
         stamps = Versions.stamps(values[1:])
         if entry is None or stamps is None or core.codec.stamps_of(entry) != stamps:
@@ -154,14 +153,14 @@ class Entities:
         row = self._snapshot(state)
         if stamps is None or row is None:
             return
-        entry = self._seal(stamps, state.mapper, row)
+        entry = self.seal(stamps, state.mapper, row)
         if entry is not None:
-            self.core.store.pipeline([("SET", key, entry, "PX", self._ttl_ms())])
+            self.core.store.pipeline([("SET", key, entry, "PX", self.ttl_ms())])
 
-    def _ttl_ms(self) -> int:
+    def ttl_ms(self) -> int:
         return max(1, int(self.core.config.region(None).ttl * 1000))
 
-    def _seal(self, stamps: bytes, mapper: Mapper[Any], row: dict[str, Any]) -> bytes | None:
+    def seal(self, stamps: bytes, mapper: Mapper[Any], row: dict[str, Any]) -> bytes | None:
         try:
             return self.core.codec.seal(stamps, [_class_path(mapper.class_), row])
         except Unencodable:
@@ -169,14 +168,14 @@ class Entities:
             return None
 
     @staticmethod
-    def _snapshot(state: InstanceState[Any], flushing: bool = False) -> dict[str, Any] | None:
+    def _snapshot(state: InstanceState[Any]) -> dict[str, Any] | None:
         """Committed column values, or None when a non-deferred column is not loaded.
 
-        During a flush the dictionary holds the values being committed; otherwise values
-        changed since the last flush are taken from ``committed_state`` (never pending ones).
+        Values changed since the last flush are taken from ``committed_state`` (never pending
+        ones).
         """
         loaded = state.dict
-        committed = {} if flushing else state.committed_state
+        committed = state.committed_state
         row: dict[str, Any] = {}
         for prop in state.mapper.column_attrs:
             key = prop.key
@@ -257,6 +256,7 @@ class Entities:
             raise ValueError("cache_entity() needs a persistent or detached object")
         mapper = state.mapper
         hierarchy = self.hierarchy(mapper)
+        hierarchy.used = True
         deps = self.deps(hierarchy)
         values = self.core.store.mget(deps)
         if values is FAILED:
@@ -265,104 +265,22 @@ class Entities:
         row = self._snapshot(state)
         if stamps is None or row is None:
             return False
-        entry = self._seal(stamps, mapper, row)
+        entry = self.seal(stamps, mapper, row)
         if entry is None:
             return False
         key = self.key(bind, mapper, state.key[1])
-        return self.core.store.pipeline([("SET", key, entry, "PX", self._ttl_ms())]) is not FAILED
+        return self.core.store.pipeline([("SET", key, entry, "PX", self.ttl_ms())]) is not FAILED
 
     def forget_entity(self, cls: Any, pk: Any, bind: Any) -> bool:
         mapper = inspect(cls)
         pk = tuple(pk) if isinstance(pk, tuple | list) else (pk,)
         return self.core.store.pipeline([("DEL", self.key(bind, mapper, pk))]) is not FAILED
 
-    # write-through ----------------------------------------------------------------------------
+    # write-through (``_write_through``) ----------------------------------------------------
 
     def after_flush(self, session: Any, flush_context: Any) -> None:
-        """Snapshot what this flush wrote.
-
-        This is the last moment the objects are surely alive (once the flush ends the
-        session drops its strong references to them) and their dictionaries hold exactly the
-        values just written (plus what the flush fetched back; what it expired is missing,
-        so such rows are removed rather than written through).  A later flush of the same row
-        replaces its snapshot; the commit publishes the last one.
-        """
-        info = session.info
-        flushed: dict[Any, tuple[Mapper[Any], dict[str, Any] | None, str]] | None = info.get(
-            FLUSHED
-        )
-        if flushed is None:
-            flushed = info[FLUSHED] = {}
-        marked: list[str] = []
-        for state, (isdelete, listonly) in flush_context.states.items():
-            obj = state.obj()
-            if listonly or obj is None:
-                continue
-            mapper = state.mapper
-            identity = state.key if isdelete else mapper.identity_key_from_instance(obj)
-            if identity is None or None in identity[1]:
-                continue
-            try:
-                key = self.key(session.get_bind(mapper).engine, mapper, identity[1])
-            except UnkeyableParameter:
-                continue
-            row = None
-            if not isdelete and self.writes_through(mapper):
-                row = self._snapshot(state, flushing=True)
-                marked.append(key)
-            flushed[identity] = (mapper, row, key)
-        if marked:
-            marker = info.get(MARKER)
-            if marker is None:
-                marker = info[MARKER] = _MARKER_PREFIX + os.urandom(8).hex().encode()
-            ttl = max(1, int(self.core.config.lock_timeout * 1000))
-            self.core.store.pipeline([("SET", key, marker, "PX", ttl) for key in marked])
+        self.write_through.after_flush(session, flush_context)
 
     def publish(self, session: Any, tables: set[str]) -> None:
-        """After a commit: new tokens for ``tables``, entities written through or removed."""
-        flushed = session.info.pop(FLUSHED, None)
-        if not flushed:
-            if tables:
-                self.core.invalidate_written(tables)
-            return
-        marker = session.info.pop(MARKER, b"")
-        writes: list[tuple[str, Mapper[Any], dict[str, Any] | None, list[str]]] = []
-        for mapper, row, key in flushed.values():
-            hierarchy = self.hierarchy(mapper)
-            writes.append((key, mapper, row, hierarchy.tables))
-            tables.update(hierarchy.tables)
-        all_token = self._all_token
-        if all_token is None and any(row is not None for _, _, row, _ in writes):
-            # first write-through of this process: read (or create) the namespace token once
-            all_token = self._all_token = self.core.versions.ensure(
-                [self.core.keys.all_key], [None]
-            )
-
-        def commands(tokens: Mapping[str, bytes]) -> list[tuple[Any, ...]]:
-            out: list[tuple[Any, ...]] = []
-            ttl = self._ttl_ms()
-            for key, mapper, row, entity_tables in writes:
-                stamps = self._stamps(all_token, entity_tables, tokens)
-                entry = None
-                if row is not None and stamps is not None:
-                    entry = self._seal(stamps, mapper, row)
-                if entry:  # only where this transaction's pending marker still stands
-                    out.append(("EVAL", CAS_SET, 1, key, marker, entry, ttl))
-                else:
-                    out.append(("DEL", key))
-            return out
-
-        self.core.invalidate_written(tables, extra=commands)
-
-    def _stamps(
-        self, all_token: bytes | None, tables: Iterable[str], tokens: Mapping[str, bytes]
-    ) -> bytes | None:
-        if all_token is None:
-            return None
-        parts = [all_token]
-        for table in tables:
-            token = tokens.get(self.core.keys.table(table))
-            if token is None:
-                return None
-            parts.append(token)
-        return b"".join(parts)
+        """After a commit: new tokens for ``tables``, reloaded entities written through."""
+        self.write_through.publish(session, tables)

@@ -6,10 +6,11 @@ usual and the cursor-level hook (``_execution``) decides hit or miss with full k
 transaction's writes.  The one exception is a plain ``session.get(cls, pk, options=[cached()])``,
 which the entity cache (``_entities``) may answer under the conditions it documents.
 
-``after_flush`` lets ``_entities`` snapshot the rows a flush wrote; ``after_commit`` hands the
-written tables and those snapshots to ``_entities.publish`` (tokens and write-through in one
-pipeline).  Connections a session drives are marked so that ``_core_commit`` leaves their
-commits to the session.
+``after_flush`` lets ``_entities`` note the rows a flush wrote (they are reloaded from the
+database just before it commits); ``after_commit`` hands the written tables to
+``_entities.publish`` (tokens and write-through of the reloaded rows in one pipeline).
+Connections a session drives are marked so that ``_core_commit`` leaves their commits to the
+session.
 
 ``after_begin`` notes each connection a session transaction uses (and installs the engine hooks
 on engines met for the first time).  ``after_commit`` runs once the database commit succeeded:
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._entities import FLUSHED, MARKER
 from ._listeners import Listeners
 from ._options import CachedOption
 
@@ -79,9 +79,7 @@ class SessionHooks(Listeners):
 
     def after_transaction_end(self, session: Any, transaction: Any) -> None:
         if transaction.parent is None:
-            info = session.info
-            for key in (CONNECTIONS, FLUSHED, MARKER):
-                info.pop(key, None)
+            session.info.pop(CONNECTIONS, None)
 
     EVENTS = (
         "do_orm_execute",

@@ -36,6 +36,19 @@ TOKEN_LENGTH = 16
 PENDING = b"pending:"
 
 
+#: Replace a token, telling whether it was still the one read earlier: ``EVAL SWAP_TOKEN 1 key
+#: expected if_unchanged otherwise ttl_ms`` sets ``if_unchanged`` when the token still equals
+#: ``expected`` (a missing token reads as empty), else ``otherwise``.  Either way the token is
+#: replaced; an entry stamped with ``if_unchanged`` is valid only if nobody replaced the token
+#: between that earlier read and this swap.  One key, so Cluster-safe.
+SWAP_TOKEN = (
+    "local v = ARGV[2] "
+    "if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then v = ARGV[3] end "
+    "redis.call('SET', KEYS[1], v, 'PX', ARGV[4]) "
+    "return v == ARGV[2] and 1 or 0"
+)
+
+
 def new_token() -> bytes:
     return os.urandom(TOKEN_LENGTH // 2).hex().encode()
 
@@ -81,11 +94,14 @@ class Versions:
         extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
         *,
         pending_ms: int | None = None,
+        expected: Mapping[str, bytes] | None = None,
     ) -> bool:
         """Replace the tokens of ``keys``; remember them as pending if Redis fails.
 
         ``extra(new_tokens)`` may append commands to the same pipeline (entity write-through).
         ``pending_ms`` sets *pending* tokens that expire after that many milliseconds instead.
+        ``expected`` (key -> token read earlier) swaps those keys with ``SWAP_TOKEN``: the
+        token handed to ``extra`` becomes current only if the key still held that value.
         """
         keys = set(keys)
         with self._lock:
@@ -96,8 +112,12 @@ class Versions:
         prefix = b"" if pending_ms is None else PENDING
         ttl_ms = self._ttl_ms if pending_ms is None else pending_ms
         tokens = {key: prefix + new_token() for key in sorted(keys)}
+        expected = expected if expected and pending_ms is None else {}
         commands: list[tuple[Any, ...]] = [
-            ("SET", key, token, "PX", ttl_ms) for key, token in tokens.items()
+            ("EVAL", SWAP_TOKEN, 1, key, expected[key], token, new_token(), ttl_ms)
+            if key in expected
+            else ("SET", key, token, "PX", ttl_ms)
+            for key, token in tokens.items()
         ]
         if extra is not None:
             commands.extend(extra(tokens))

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, event, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from sqla_redis_cache import QueryCache
+from sqla_redis_cache import QueryCache, cached
 
 from .models import User
 from .models_writes import Account
@@ -22,8 +22,8 @@ RULES = {"app_user": {"tags": ["dashboard"]}}
 
 
 def _flush(engine: Engine, session: sessionmaker[Session]) -> None:
-    with session() as s:
-        s.get_one(User, 1).name = "other"
+    with session() as s:  # read through the entity cache: this process then writes User through
+        s.get_one(User, 1, options=[cached()]).name = "other"
         s.commit()
 
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
@@ -124,6 +125,26 @@ def test_async_session_get_with_cached_option(adb: AsyncDb, cache: QueryCache) -
             async with loop.Session() as s:
                 user = await s.get(User, 5, options=[cached()])
                 assert user is not None and user.name == "user5"
+
+    run(adb, cache, body)
+
+
+def test_async_commit_writes_through_what_the_database_stored(
+    adb: AsyncDb, cache: QueryCache
+) -> None:
+    async def body(loop: Loop) -> None:
+        async with loop.Session() as s:
+            user = await s.get(User, 5, options=[cached()])
+            assert user is not None
+            user.balance = Decimal("1.005")  # Numeric(12, 2): rounded or truncated when stored
+            with loop.counter.expect(2):  # the UPDATE, and the reload of the row
+                await s.commit()
+        async with loop.Session() as s:
+            stored = (await s.get_one(User, 5)).balance
+        with loop.counter.expect(0):
+            async with loop.Session() as s:
+                assert (await s.get_one(User, 5, options=[cached()])).balance == stored
+        assert stored != Decimal("1.005")
 
     run(adb, cache, body)
 

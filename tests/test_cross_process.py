@@ -83,7 +83,8 @@ def test_other_process_database_cascade_is_seen(
 def test_other_process_flush_is_written_through(
     db: Database, cache: QueryCache, redis_url: str
 ) -> None:
-    """The writer's commit stores the new row: this process's next get is a hit, and fresh."""
+    """The writer (which reads User through the entity cache too) stores the new row at
+    commit: this process's next get is a hit, and fresh."""
     cache.attach(db.Session)
     with db.Session() as s:
         assert s.get_one(User, 1, options=[cached()]).name == "user1"

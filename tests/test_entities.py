@@ -52,6 +52,8 @@ def test_commit_writes_through(db: Database, cache: QueryCache, expire_on_commit
 
 def test_deleted_entity_is_removed(db: Database, cache: QueryCache) -> None:
     cache.attach(db.Session)
+    with db.Session() as s:  # write-through is for classes this process reads through the cache
+        s.get(User, 1, options=C)
     with db.Session() as s:
         s.add(User(id=21, name="doomed", org_id=1))
         s.commit()
@@ -119,6 +121,8 @@ def test_composite_primary_key(wdb: Database, cache: QueryCache) -> None:
 
 def test_inheritance_get_base_returns_subclass(wdb: Database, cache: QueryCache) -> None:
     cache.attach(wdb.Session)
+    with wdb.Session() as s:  # any class of the hierarchy turns write-through on for all
+        s.get_one(Employee, 1, options=C)
     with wdb.Session() as s:
         s.get_one(Manager, 2).budget = 500
         s.commit()
@@ -134,7 +138,7 @@ def test_inheritance_get_base_returns_subclass(wdb: Database, cache: QueryCache)
 def test_deferred_column_and_version_counter(wdb: Database, cache: QueryCache) -> None:
     cache.attach(wdb.Session)
     with wdb.Session() as s:
-        s.get_one(Doc, 1).title = "t2"
+        s.get_one(Doc, 1, options=C).title = "t2"
         s.commit()
     with wdb.Session() as s:
         with wdb.counter.expect(0):
@@ -228,6 +232,8 @@ def test_a_late_publish_of_an_older_commit_never_wins(
     import threading
 
     cache.attach(pg.Session)
+    with pg.Session() as s:  # the entity cache is in use: both commits write through
+        s.get(User, 1, options=[cached()])
     entities = cache._core.entities
     real_publish = entities.publish
     older_may_publish = threading.Event()

@@ -1,0 +1,280 @@
+"""Entity write-through: publish what the database holds after a commit, never an older value.
+
+What a flush saw is not what a transaction commits: a savepoint may roll it back, a later bulk
+UPDATE/DELETE, ``text()`` statement, trigger or ``ON DELETE CASCADE`` may change or remove the
+row, and the database coerces what the application assigned (``Numeric`` rounding, ``CHAR``
+padding, JSON keys, time zones).  So flushes only *note* the rows they wrote (per connection),
+and the rows are **reloaded from the database** in the connection's ``commit`` event: inside
+the transaction, after its last write, before the database commits; one ``SELECT … WHERE pk IN``
+per mapped class, through the same column types as an ORM load.  The session's
+``after_commit`` then publishes those values.  A write that runs after the reload (another
+``commit`` listener) makes the connection publish no rows at all.
+
+Only hierarchies whose entity cache this process has used (a cached ``get``, ``get_entity``,
+``cache_entity``) are reloaded, and only under READ COMMITTED-like isolation; other rows are
+left to the token replacement that invalidates them anyway.  An application that never uses the
+entity cache pays no statement and no Redis command for it.
+
+Never an older value.  Entries are stamped with version tokens; the commit replaces the tokens
+of the tables it wrote.  A later commit of any kind (flush, bulk DML, ``text()``, another
+process) replaces them again after *its* database commit, so it makes this entry stale, unless
+its replacement reached Redis *before* this publish (a late publish).  To catch that, the
+``commit`` event reads the tokens of every table the entry depends on *before* the reload
+``SELECT``, in the same round trip that sets the rows' pending markers.  The publish then swaps
+the written tables' tokens with ``SWAP_TOKEN``: the entry's stamp becomes current only if no one
+replaced the token since that read.  Tables the transaction did not write (a ``column_property``
+over another table, the other tables of a hierarchy) are stamped with the token read before the
+reload, exactly as a cached query is stamped with tokens read before it ran.  Any commit after
+the reload therefore leaves the entry stale.  Under REPEATABLE READ / SERIALIZABLE the reload
+would read the transaction's older snapshot, so nothing is written through there.
+
+The pending marker (set in the same round trip) keeps the older guarantee too: a late publish
+of an older commit finds a newer writer's marker and does not overwrite its entry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sqlalchemy import bindparam, select, tuple_
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Mapper
+
+from ._execution import ALL_TABLES, _snapshot_isolated
+from ._keys import UnkeyableParameter
+from ._listeners import Listeners
+from ._store import CAS_SET, FAILED
+from ._versions import PENDING
+
+if TYPE_CHECKING:
+    from ._entities import Entities
+
+_MARKER_PREFIX = b"\x00sqla-redis-cache:pending:"
+
+#: beyond this many rows written in one commit, they are invalidated, not reloaded
+RELOAD_LIMIT = 1000
+
+
+class _Reload(NamedTuple):
+    """One mapped class's reload statement and how to read its rows."""
+
+    statement: Any
+    keys: list[str]  # attribute keys, in column order
+    pk: list[int]  # positions of the primary key in a row
+    discriminator: int | None  # position of the polymorphic discriminator
+
+
+class Reloaded(NamedTuple):
+    """A connection's written rows as the database held them just before its commit."""
+
+    marker: bytes
+    #: token key -> token read before the reload (None: missing)
+    tokens: dict[str, bytes | None]
+    #: entity key -> (mapper, column values or None when the row is gone, token keys)
+    rows: dict[str, tuple[Mapper[Any], dict[str, Any] | None, list[str]]]
+
+
+class WriteThrough(Listeners):
+    """Engine listeners (installed after ``EngineHooks``) and the session-side steps."""
+
+    EVENTS = ("commit", "rollback", "begin")
+
+    def __init__(self, entities: Entities) -> None:
+        self.entities = entities
+        self.core = entities.core
+        self.k = self.core.conn_keys
+        self._reloads: dict[Mapper[Any], _Reload] = {}
+
+    # flush: note the rows ------------------------------------------------------------------------
+
+    def after_flush(self, session: Any, flush_context: Any) -> None:
+        entities = self.entities
+        conns: dict[Mapper[Any], Any] = {}
+        notes: dict[Any, dict[str, tuple[Mapper[Any], tuple[Any, ...]]]] = {}
+        for state, (isdelete, listonly) in flush_context.states.items():
+            mapper = state.mapper
+            if listonly or not entities.hierarchy(mapper).used:
+                continue
+            if not entities.writes_through(mapper):
+                continue
+            if isdelete:
+                identity = state.key
+            else:
+                obj = state.obj()
+                if obj is None:
+                    continue
+                identity = mapper.identity_key_from_instance(obj)
+            if identity is None or None in identity[1]:
+                continue
+            conn = conns.get(mapper)
+            if conn is None:
+                conn = conns[mapper] = session.connection(bind_arguments={"mapper": mapper})
+            try:
+                key = entities.key(conn.engine, mapper, identity[1])
+            except UnkeyableParameter:
+                continue
+            noted = notes.get(conn)
+            if noted is None:
+                noted = notes[conn] = conn.info.setdefault(self.k.entity_writes, {})
+            noted[key] = (mapper, tuple(identity[1]))
+
+    # connection events: reload before the database commits -------------------------------------
+
+    def commit(self, conn: Any) -> None:
+        info = conn.info
+        noted = info.pop(self.k.entity_writes, None)
+        if noted:
+            info[self.k.entity_reloaded] = self._reload(conn, noted)
+
+    def rollback(self, conn: Any) -> None:
+        if not conn.invalidated:
+            self._forget(conn.info)
+
+    def begin(self, conn: Any) -> None:
+        self._forget(conn.info)
+
+    def _forget(self, info: dict[str, Any]) -> None:
+        info.pop(self.k.entity_writes, None)
+        info.pop(self.k.entity_reloaded, None)
+
+    def _reload(
+        self, conn: Any, noted: Mapping[str, tuple[Mapper[Any], tuple[Any, ...]]]
+    ) -> Reloaded | None:
+        core = self.core
+        if len(noted) > RELOAD_LIMIT or core.versions.has_pending or _snapshot_isolated(conn):
+            return None
+        deps: dict[Mapper[Any], list[str]] = {}
+        by_mapper: dict[Mapper[Any], dict[tuple[Any, ...], str]] = {}
+        for key, (mapper, pk) in noted.items():
+            by_mapper.setdefault(mapper, {})[pk] = key
+            if mapper not in deps:
+                deps[mapper] = self.entities.deps(self.entities.hierarchy(mapper))
+        token_keys = sorted({k for keys in deps.values() for k in keys})
+        marker = _MARKER_PREFIX + os.urandom(8).hex().encode()
+        ttl = max(1, int(core.config.lock_timeout * 1000))
+        commands: list[tuple[Any, ...]] = [("SET", key, marker, "PX", ttl) for key in noted]
+        commands.extend(("GET", key) for key in token_keys)
+        replies = core.store.pipeline(commands)  # before the SELECT: see the module docstring
+        if replies is FAILED:
+            return None
+        tokens = dict(zip(token_keys, replies[len(noted) :], strict=True))
+        rows: dict[str, tuple[Mapper[Any], dict[str, Any] | None, list[str]]] = {
+            key: (mapper, None, deps[mapper]) for key, (mapper, _) in noted.items()
+        }
+        try:
+            for mapper, keys in by_mapper.items():
+                reload = self._reload_of(mapper)
+                pks = list(keys) if len(reload.pk) > 1 else [pk[0] for pk in keys]
+                for row in conn.execute(reload.statement, {"pks": pks}):
+                    pk = tuple(row[i] for i in reload.pk)
+                    found = keys.get(pk)
+                    if found is None:  # the database returns the key in another form: skip it
+                        continue
+                    d = reload.discriminator
+                    if d is not None and mapper.polymorphic_map.get(row[d]) is not mapper:
+                        continue  # the row changed class: removed, not written through
+                    values = dict(zip(reload.keys, row, strict=True))
+                    rows[found] = (mapper, values, deps[mapper])
+        except DBAPIError:
+            raise  # the transaction may be aborted: the commit must fail, not lose it silently
+        except Exception:  # a result processor that fails: no write-through, never a failed commit
+            return None
+        return Reloaded(marker, tokens, rows)
+
+    def _reload_of(self, mapper: Mapper[Any]) -> _Reload:
+        found = self._reloads.get(mapper)
+        if found is None:
+            props = [p for p in mapper.column_attrs if not p.deferred]
+            columns = [p.expression for p in props]
+            keys = [p.key for p in props]
+            pk_cols = list(mapper.primary_key)
+            pk = [keys.index(mapper.get_property_by_column(c).key) for c in pk_cols]
+            target = pk_cols[0] if len(pk_cols) == 1 else tuple_(*pk_cols)
+            statement = (
+                select(*columns)
+                .select_from(mapper.selectable)
+                .where(target.in_(bindparam("pks", expanding=True)))
+            )
+            discriminator = None
+            if mapper.polymorphic_on is not None:
+                prop = mapper._columntoproperty.get(mapper.polymorphic_on)
+                discriminator = keys.index(prop.key) if prop is not None else None
+            found = self._reloads[mapper] = _Reload(statement, keys, pk, discriminator)
+        return found
+
+    # after the commit: publish ----------------------------------------------------------------
+
+    def publish(self, session: Any, tables: set[str]) -> None:
+        """New tokens for ``tables``, and the reloaded rows written through or removed."""
+        from ._session import CONNECTIONS
+
+        reloaded: list[Reloaded] = []
+        for conn in session.info.get(CONNECTIONS, ()):
+            if conn.closed:
+                continue
+            info = conn.info
+            info.pop(self.k.entity_writes, None)  # noted, but this connection never committed
+            done = info.pop(self.k.entity_reloaded, None)
+            late = info.pop(self.k.written, None)
+            if late:  # written after the reload (and committed): publish tables, not rows
+                tables |= late
+            elif done is not None:
+                reloaded.append(done)
+        core = self.core
+        if not reloaded or ALL_TABLES in tables:
+            core.invalidate_written(tables)
+            return
+        written = {core.keys.table(t) for t in tables}
+        expected: dict[str, bytes] = {}
+        conflicting: set[str] = set()
+        for done in reloaded:
+            for key, token in done.tokens.items():
+                if key not in written or (token is not None and token.startswith(PENDING)):
+                    continue  # a pending token vouches for nothing: plain replacement
+                value = b"" if token is None else token
+                if expected.setdefault(key, value) != value:
+                    conflicting.add(key)
+        for key in conflicting:
+            del expected[key]
+        entities = self.entities
+
+        def commands(new_tokens: Mapping[str, bytes]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            ttl = entities.ttl_ms()
+            for done in reloaded:
+                for key, (mapper, row, deps) in done.rows.items():
+                    entry = None
+                    if row is not None:
+                        stamps = _stamps(deps, new_tokens, expected, done.tokens)
+                        if stamps is not None:
+                            entry = entities.seal(stamps, mapper, row)
+                    if entry is not None:  # only where this transaction's marker still stands
+                        out.append(("EVAL", CAS_SET, 1, key, done.marker, entry, ttl))
+                    else:
+                        out.append(("DEL", key))
+            return out
+
+        core.invalidate_written(tables, extra=commands, expected=expected)
+
+
+def _stamps(
+    deps: list[str],
+    new_tokens: Mapping[str, bytes],
+    expected: Mapping[str, bytes],
+    read_before: Mapping[str, bytes | None],
+) -> bytes | None:
+    """The entry's stamps, or None when a token cannot vouch for the reloaded values."""
+    parts = []
+    for key in deps:
+        if key in new_tokens:  # replaced by this publish: only a swap of a known token will do
+            if key not in expected:
+                return None
+            parts.append(new_tokens[key])
+            continue
+        token = read_before.get(key)
+        if token is None or token.startswith(PENDING):
+            return None
+        parts.append(token)
+    return b"".join(parts)
