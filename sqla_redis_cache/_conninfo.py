@@ -21,10 +21,16 @@ class ConnectionKeys:
     tx_used: str
     #: the connection is driven by a Session, whose after_commit publishes
     session_owned: str
+    #: the transaction ran DDL: the foreign-key graph is read again once it is over
+    schema_changed: str
 
     @classmethod
     def for_cache(cls, tag: str) -> ConnectionKeys:
         prefix = f"sqla_redis_cache:{tag}:"
         return cls(
-            prefix + "written", prefix + "committing", prefix + "tx_used", prefix + "session"
+            prefix + "written",
+            prefix + "committing",
+            prefix + "tx_used",
+            prefix + "session",
+            prefix + "schema_changed",
         )
