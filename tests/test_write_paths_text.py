@@ -377,6 +377,51 @@ def test_catalog_is_read_once_per_engine_and_again_after_ddl(
     assert len(wdb.counter.catalog) == 2
 
 
+def test_ddl_on_a_connection_left_open_after_its_commit(
+    db_only_table: Database, cache: QueryCache
+) -> None:
+    """Read again at the next write after the DDL, not only when its connection goes back."""
+    wdb = db_only_table
+    attach(wdb, cache)
+    run_sql(wdb, "session", "UPDATE r3_parents SET code = 'x' WHERE id = 2")  # graph read
+    with wdb.engine.connect() as ddl:
+        ddl.exec_driver_sql(DB_ONLY_DDL)
+        ddl.commit()  # and the connection stays checked out, idle
+        with wdb.engine.begin() as conn:
+            conn.execute(insert(db_only), [{"id": 1, "parent_id": 1}, {"id": 2, "parent_id": 2}])
+        assert_fresh_after(
+            wdb,
+            {DB_ONLY: [(1,), (2,)]},
+            lambda: run_sql(wdb, "session", "DELETE FROM r3_parents WHERE id = 1"),
+            {DB_ONLY: [(2,)]},
+        )
+
+
+def test_graph_read_while_ddl_is_uncommitted_is_read_again_after_it(
+    wpg: Database, cache: QueryCache
+) -> None:
+    """Another connection reloads the graph between the DDL and its commit (PostgreSQL: the
+    DDL is invisible until then); once the DDL's transaction is over it is read again."""
+    db_only.drop(wpg.engine, checkfirst=True)
+    attach(wpg, cache)
+    try:
+        run_sql(wpg, "session", "UPDATE r3_parents SET code = 'x' WHERE id = 2")
+        with wpg.engine.begin() as ddl:
+            ddl.exec_driver_sql(DB_ONLY_DDL)
+            # another transaction writes now (a table the DDL does not lock): it reads the
+            # catalog, which does not show the new key yet
+            run_sql(wpg, "core", "UPDATE w_course SET title = 'x' WHERE id = 2")
+            ddl.execute(insert(db_only), [{"id": 1, "parent_id": 1}, {"id": 2, "parent_id": 2}])
+        assert_fresh_after(
+            wpg,
+            {DB_ONLY: [(1,), (2,)]},
+            lambda: run_sql(wpg, "session", "DELETE FROM r3_parents WHERE id = 1"),
+            {DB_ONLY: [(2,)]},
+        )
+    finally:
+        db_only.drop(wpg.engine, checkfirst=True)
+
+
 def test_ddl_made_elsewhere_is_seen_after_the_refresh_interval(
     db_only_table: Database, cache: QueryCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -403,7 +448,8 @@ def test_unreadable_catalog_invalidates_everything_and_never_breaks_the_transact
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setitem(_fkgraph.QUERIES, "postgresql", "SELECT * FROM no_such_catalog")
+    failing = "/* sqla_redis_cache: foreign keys */ SELECT * FROM no_such_catalog"
+    monkeypatch.setitem(_fkgraph.QUERIES, "postgresql", failing)
     attach(wpg, cache)
     courses = select(Course.id).order_by(Course.id)
 
@@ -420,6 +466,7 @@ def test_unreadable_catalog_invalidates_everything_and_never_breaks_the_transact
         {**PARENT_1_DELETED, PARENTS: [(2, "c")], CHILDREN: [(2, "c")], courses: [(1,), (2,)]},
     )
     assert "foreign keys" in caplog.text
+    assert len(wpg.counter.catalog) == 1  # not again for each write: retried later
 
 
 # the SQL analysis itself --------------------------------------------------------------------------
