@@ -210,9 +210,8 @@ class EngineHooks(Listeners):
         info[self.k.tx_used] = True
         if context is None:
             return
-        truncated = _NONE
         if context.isinsert or context.isupdate or context.isdelete:
-            tables = written_tables(context)
+            tables, truncated = written_tables(context), _NONE
         elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
             found = analyse_sql(
                 statement, context.dialect.name, context.dialect.default_schema_name
@@ -224,11 +223,11 @@ class EngineHooks(Listeners):
                 return
         elif context.isddl:
             self._schema_changed(conn)
-            tables = ddl_tables(context)
+            tables, truncated = ddl_tables(context), _NONE
             if tables is not None and not tables:
                 return
         elif statement.startswith("WITH"):  # data-modifying CTEs only exist at the top
-            tables = cte_written_tables(context)
+            tables, truncated = cte_written_tables(context), _NONE
             if not tables:
                 return
         else:

@@ -23,7 +23,7 @@ from sqla_redis_cache import QueryCache, _fkgraph, cached
 from sqla_redis_cache._sqlwrites import analyse_sql
 
 from ._counting import make_counted_async_engine, make_counted_engine
-from .conftest import Database
+from .conftest import Database, _writes_database
 from .models_writes import (
     Course,
     R3Archive,
@@ -143,11 +143,9 @@ def test_cascaded_tables_bypass_the_cache_inside_the_writing_transaction(
         assert rows(wdb, CHILDREN) == [(1, "a"), (2, "b")]
 
 
-@pytest.mark.parametrize("driver", ["asyncpg", "aiosqlite"])
-def test_async_text_delete_reaches_cascades(wdb: Database, cache: QueryCache, driver: str) -> None:
+def test_async_text_delete_reaches_cascades(wdb: Database, cache: QueryCache) -> None:
     """asyncpg and aiosqlite: the catalog is read through the adapted DBAPI connection."""
-    if (driver == "asyncpg") != (wdb.name == "postgresql"):
-        pytest.skip("one async driver per database")
+    driver = "asyncpg" if wdb.name == "postgresql" else "aiosqlite"
     url = wdb.engine.url.set(drivername=f"{wdb.engine.url.get_backend_name()}+{driver}")
 
     async def main() -> None:
@@ -230,10 +228,9 @@ def test_delete_nested_in_insert_from_select(wpg: Database, cache: QueryCache, p
 
 
 @pytest.fixture
-def wsqlite(wdb: Database) -> Database:
-    if wdb.name != "sqlite":
-        pytest.skip("SQLite semantics")
-    return wdb
+def wsqlite(sqlite_url: str) -> Database:
+    """The write-path schema on SQLite only (its own semantics)."""
+    return _writes_database("sqlite", sqlite_url)
 
 
 @pytest.mark.parametrize(
