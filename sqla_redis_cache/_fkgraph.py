@@ -97,11 +97,12 @@ class ForeignKeyGraph:
         self._referring: dict[_Node, set[_Node]] = {}  # parent -> every child
         self._memo: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self._lock = threading.Lock()
+        for child_schema, child, *_ in rows:  # first the tables' own spellings (SQLite
+            self._node(child_schema, child)  # lists every table, with or without keys)...
         for child_schema, child, parent_schema, parent, on_delete, on_update in rows:
-            c = self._node(child_schema, child)
-            if parent is None:  # a table without foreign keys (SQLite lists them all)
+            if parent is None:
                 continue
-            p = self._node(parent_schema, parent)
+            c, p = self._node(child_schema, child), self._node(parent_schema, parent)
             self._referring.setdefault(p, set()).add(c)
             if on_delete in _ACTING or on_update in _ACTING:
                 self._acting.setdefault(p, set()).add(c)
@@ -110,7 +111,7 @@ class ForeignKeyGraph:
         key = name.lower() if self._fold else name
         for node in self._nodes.get(key, ()):
             if node[0] == schema:
-                return node  # SQLite: the spelling of the table, not of the REFERENCES clause
+                return node  # ...then a REFERENCES clause's other case finds the table
         node = (schema, name)
         for form in (name, f"{schema}.{name}"):
             self._nodes.setdefault(form.lower() if self._fold else form, []).append(node)

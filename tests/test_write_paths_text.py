@@ -500,3 +500,15 @@ def test_sqlite_names_are_folded_and_replace_is_recognised(use_parser: bool) -> 
     assert analyse_sql('UPDATE "R3_PARENTS" SET a = 1', "postgresql", "public").tables == (
         frozenset({"R3_PARENTS", "public.R3_PARENTS"})
     )
+
+
+def test_sqlite_graph_keeps_the_tables_spelling_whatever_the_references_clause_says() -> None:
+    # the child is listed first and refers to "r3_mixed"; the table is spelled "R3_Mixed"
+    rows = [
+        ("main", "kids", "main", "r3_mixed", "CASCADE", "NO ACTION"),
+        ("main", "R3_Mixed", "main", None, None, None),
+    ]
+    graph = _fkgraph.ForeignKeyGraph(rows, fold_case=True)
+    assert graph.expand(frozenset({"r3_mixed"})) == frozenset(
+        {"r3_mixed", "R3_Mixed", "kids", "main.kids"}
+    )
