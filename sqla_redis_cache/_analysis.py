@@ -106,8 +106,9 @@ def _analyse_read(
 def written_tables(context: Any) -> frozenset[str] | None:
     """Tables written by the DML that just ran, or None when they cannot be known.
 
-    Includes the tables a database-side ``ON DELETE`` / ``ON UPDATE`` action of a declared
-    foreign key changes behind the ORM's back (``passive_deletes``), transitively.
+    Includes the targets of data-modifying CTEs nested in it, and the tables a database-side
+    ``ON DELETE`` / ``ON UPDATE`` action of a declared foreign key changes behind the ORM's
+    back (``passive_deletes``), transitively.
     """
     compiled = context.compiled
     if compiled is None:
@@ -122,6 +123,8 @@ def written_tables(context: Any) -> frozenset[str] | None:
         return None
     targets = [table, *(dependent_tables(table) if isinstance(table, Table) else ())]
     result = frozenset(table_name(t, translate) for t in targets)
+    if "WITH" in compiled.string:  # DML nested as a CTE (INSERT ... SELECT FROM (DELETE ...))
+        result |= cte_written_tables(context)
     if not translate:
         _write_memo[compiled] = result
     return result
@@ -131,7 +134,8 @@ _EMPTY: frozenset[str] = frozenset()
 
 
 def cte_written_tables(context: Any) -> frozenset[str]:
-    """Tables written by data-modifying CTEs inside a SELECT (``WITH x AS (DELETE ...)``)."""
+    """Tables written by the DML in a statement, data-modifying CTEs included
+    (``WITH x AS (DELETE ...) SELECT``, ``INSERT ... SELECT`` from such a CTE)."""
     compiled = context.compiled
     if compiled is None:
         return _EMPTY

@@ -25,6 +25,8 @@ class ConnectionKeys:
     entity_writes: str
     #: those rows as reloaded just before the database commit, until they are published
     entity_reloaded: str
+    #: the transaction ran DDL: the foreign-key graph is read again once it is over
+    schema_changed: str
 
     @classmethod
     def for_cache(cls, tag: str) -> ConnectionKeys:
@@ -36,4 +38,5 @@ class ConnectionKeys:
             prefix + "session",
             prefix + "entity_writes",
             prefix + "entity_reloaded",
+            prefix + "schema_changed",
         )

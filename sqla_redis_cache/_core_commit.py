@@ -64,6 +64,9 @@ class CoreCommitHooks(Listeners):
     def _publish(self, info: dict[str, Any]) -> None:
         # a session marks its connections after their begin; the mark ends with the transaction
         info.pop(self.core.conn_keys.session_owned, None)
+        graph = info.pop(self.core.conn_keys.schema_changed, None)
+        if graph is not None:  # its DDL is committed (or undone) now: read the graph again
+            graph.mark_stale()
         pending = info.pop(self.core.conn_keys.committing, None)
         if pending:
             self.core.invalidate_written(pending)

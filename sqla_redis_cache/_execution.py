@@ -11,8 +11,10 @@ Reads
 
 Writes
     ``after_cursor_execute`` records the table of every INSERT/UPDATE/DELETE (ORM flush, ORM
-    bulk DML, Core DML; plus the tables their declared ``ON DELETE``/``ON UPDATE`` actions
-    reach), of textual SQL (``_sqlwrites``) and of DDL in the DBAPI connection's ``info``.
+    bulk DML, Core DML, and DML nested in them as data-modifying CTEs), of textual SQL
+    (``_sqlwrites``) and of DDL in the DBAPI connection's ``info``, with every table the
+    database changes along with them (``ON DELETE``/``ON UPDATE`` actions, ``TRUNCATE ...
+    CASCADE``: ``_fkgraph``).
     Under AUTOCOMMIT isolation the write is already committed, so it is published at once.
     Otherwise reads of those tables on that connection bypass the cache until the transaction
     ends, so a transaction sees its own writes and nothing uncommitted is stored.  The
@@ -34,17 +36,19 @@ from sqlalchemy.engine.default import NO_CACHE_KEY
 from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
 from ._core_commit import autocommitting
 from ._cursor import CachedCursor
+from ._fkgraph import ForeignKeyGraphs
 from ._keys import UnkeyableParameter
 from ._listeners import Listeners
 from ._options import CacheDirective
 from ._rows import decode_result, encode_result, immutable_rows
-from ._sqlwrites import written_by_sql
+from ._sqlwrites import analyse_sql
 
 if TYPE_CHECKING:
     from ._core import Core
 
 #: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
 ALL_TABLES = "*"
+_NONE: frozenset[str] = frozenset()
 
 _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
 
@@ -97,6 +101,7 @@ class EngineHooks(Listeners):
         self.option_key = core.option_key
         self.k = core.conn_keys
         self._deps: dict[tuple[frozenset[str], tuple[str, ...]], list[str]] = {}
+        self.fk_graphs = ForeignKeyGraphs()
 
     # reads -----------------------------------------------------------------------------------
 
@@ -206,23 +211,29 @@ class EngineHooks(Listeners):
         if context is None:
             return
         if context.isinsert or context.isupdate or context.isdelete:
-            tables = written_tables(context)
+            tables, truncated = written_tables(context), _NONE
         elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
-            tables = written_by_sql(
+            found = analyse_sql(
                 statement, context.dialect.name, context.dialect.default_schema_name
             )
+            if found.schema_change:
+                self._schema_changed(conn)
+            tables, truncated = found.tables, found.truncated
             if tables is not None and not tables:
                 return
         elif context.isddl:
-            tables = ddl_tables(context)
+            self._schema_changed(conn)
+            tables, truncated = ddl_tables(context), _NONE
             if tables is not None and not tables:
                 return
         elif statement.startswith("WITH"):  # data-modifying CTEs only exist at the top
-            tables = cte_written_tables(context)
+            tables, truncated = cte_written_tables(context), _NONE
             if not tables:
                 return
         else:
             return
+        if tables is not None:  # and what the database changes with them (FK actions)
+            tables = self.fk_graphs.expand(conn, tables, truncated)
         if autocommitting(conn):  # already committed by the database: publish now
             self.core.invalidate_written(tables if tables is not None else (ALL_TABLES,))
             return
@@ -230,6 +241,11 @@ class EngineHooks(Listeners):
         if written is None:
             written = info[self.k.written] = set()
         written.update(tables if tables is not None else (ALL_TABLES,))
+
+    def _schema_changed(self, conn: Any) -> None:
+        graph = self.fk_graphs.state(conn)
+        graph.mark_stale()  # and again once the transaction is over (``_core_commit``)
+        conn.info[self.k.schema_changed] = graph
 
     def begin(self, conn: Any) -> None:
         info = conn.info

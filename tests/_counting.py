@@ -28,6 +28,8 @@ and except transaction control (``BEGIN``, ``COMMIT``, ``ROLLBACK``, ``SAVEPOINT
 ``RELEASE`` ...), which goes to :attr:`Counter.ignored` instead. So dialect
 initialisation queries on first connect, ``pool_pre_ping`` pings, reset-on-return
 rollbacks and the BEGIN/COMMIT that drivers issue themselves are not counted.
+The cache's own reads of the database catalog (its foreign-key graph, once per engine and
+after DDL) carry a ``/* sqla_redis_cache: ... */`` comment and go to :attr:`Counter.catalog`.
 A call is counted when it is issued, whether or not the server then rejects it.
 """
 
@@ -61,6 +63,7 @@ _TRANSACTION_CONTROL = re.compile(
     )\b | ^[\s;]*$""",
     re.IGNORECASE | re.VERBOSE,
 )
+_CATALOG = re.compile(r"^\s*/\* sqla_redis_cache: ")
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Counter:
         """SQL of every counted call, in order."""
         self.ignored: list[str] = []
         """Transaction-control statements seen while checked out but not counted."""
+        self.catalog: list[str] = []
+        """The cache's own catalog reads (see module docstring), not counted."""
         self._lock = threading.Lock()
         self._live: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -94,6 +99,7 @@ class Counter:
         with self._lock:
             self.statements.clear()
             self.ignored.clear()
+            self.catalog.clear()
 
     @contextmanager
     def measure(self) -> Iterator[Window]:
@@ -131,7 +137,9 @@ class Counter:
                 return
         text = _sql_text(sql, connection)
         with self._lock:
-            if not self.count_transaction_control and _TRANSACTION_CONTROL.match(text):
+            if _CATALOG.match(text):
+                self.catalog.append(text)
+            elif not self.count_transaction_control and _TRANSACTION_CONTROL.match(text):
                 self.ignored.append(text)
             else:
                 self.statements.append(text)

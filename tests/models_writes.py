@@ -143,6 +143,54 @@ class Doc(WBase):
     __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": version}
 
 
+# foreign-key actions the database applies to rows no SQL names (reached by textual SQL too)
+class R3Parent(WBase):
+    __tablename__ = "r3_parents"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    code: Mapped[str] = mapped_column(String(10), unique=True)
+
+
+class R3Child(WBase):
+    """ON DELETE CASCADE on the parent's id, ON UPDATE CASCADE on its code."""
+
+    __tablename__ = "r3_children"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("r3_parents.id", ondelete="CASCADE"))
+    parent_code: Mapped[str | None] = mapped_column(
+        ForeignKey("r3_parents.code", onupdate="CASCADE")
+    )
+
+
+class R3Grandchild(WBase):
+    """Reached transitively, through r3_children."""
+
+    __tablename__ = "r3_grandchildren"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    child_id: Mapped[int] = mapped_column(ForeignKey("r3_children.id", ondelete="CASCADE"))
+
+
+class R3Ref(WBase):
+    """ON DELETE SET NULL."""
+
+    __tablename__ = "r3_refs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("r3_parents.id", ondelete="SET NULL"))
+
+
+class R3Plain(WBase):
+    """No action: only ``TRUNCATE r3_parents CASCADE`` changes it."""
+
+    __tablename__ = "r3_plain"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("r3_parents.id"))
+
+
+class R3Archive(WBase):
+    __tablename__ = "r3_archive"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    code: Mapped[str] = mapped_column(String(10))
+
+
 def enable_sqlite_foreign_keys(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
 
@@ -188,3 +236,14 @@ def seed_writes(engine: Engine) -> None:
         )
         conn.execute(insert(Seat), [{"room": "a", "number": 1, "holder": "x"}])
         conn.execute(insert(Doc), [{"id": 1, "title": "t", "body": "long", "version": 1}])
+        conn.execute(insert(R3Parent), [{"id": 1, "code": "a"}, {"id": 2, "code": "b"}])
+        conn.execute(
+            insert(R3Child),
+            [
+                {"id": 1, "parent_id": 1, "parent_code": "a"},
+                {"id": 2, "parent_id": 2, "parent_code": "b"},
+            ],
+        )
+        conn.execute(insert(R3Grandchild), [{"id": 1, "child_id": 1}])
+        conn.execute(insert(R3Ref), [{"id": 1, "parent_id": 1}])
+        conn.execute(insert(R3Plain), [{"id": 1, "parent_id": 2}])
