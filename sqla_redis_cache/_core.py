@@ -48,7 +48,10 @@ class Core:
             io = connect_sync(config)
         self.store = Store(io, config, self.stats)
         self.versions = Versions(
-            self.store, token_ttl=2 * config.longest_ttl, commit_ttl=config.lock_timeout
+            self.store,
+            token_ttl=2 * config.longest_ttl,
+            commit_ttl=config.lock_timeout,
+            retry_cap=config.breaker_cooldown,
         )
         if config.invalidate_after_outage:
             all_key = [self.keys.all_key]

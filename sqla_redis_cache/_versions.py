@@ -12,22 +12,37 @@ misses, never a stale hit.  Recording tokens read before the database query clos
 a writer that commits while a reader is querying replaces a token the reader has already
 recorded, so the reader's late write is born stale.
 
-If replacing tokens fails (Redis unreachable at commit time) the keys are kept as *pending*; this
-process bypasses the cache for reads until a retry succeeds, so it never serves what it failed to
-invalidate.  Other processes are bounded by the entry TTL in that case (see docs/reliability.md).
+If replacing tokens fails (Redis unreachable or stalled at commit time) the replacements are kept
+as *owed*: this process bypasses the cache for reads until they are delivered, so it never serves
+what it failed to invalidate.  Other processes would serve the old entries meanwhile, so a
+daemon thread retries owed replacements in the background until they are delivered or the cache
+is closed: first after 5 ms, each wait 1.5 times the previous one (with jitter), capped at
+``breaker_cooldown``.  Once Redis answers again, other processes therefore see the invalidation
+within about half the outage's length (at most ``breaker_cooldown``, 2 s by default) plus a round
+trip, whether or not this process touches the cache.  The retries go to Redis directly, not
+through the circuit breaker (which only protects requests from waiting on a dead Redis); one
+that succeeds closes it.  The namespace replacement owed after a lost connection
+(``invalidate_after_outage``) rides along but does not start the retries by itself.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from ._store import FAILED, Store
 
 TOKEN_LENGTH = 16
+
+#: background retries of owed replacements: the first wait, and the growth of each next one
+RETRY_FIRST = 0.005
+RETRY_GROWTH = 1.5
 
 
 #: prefix of a *pending* token, set for the commits of Core connections, whose end cannot be
@@ -100,8 +115,13 @@ def new_token() -> bytes:
 
 
 class Versions:
-    def __init__(self, store: Store, token_ttl: float, commit_ttl: float) -> None:
+    def __init__(
+        self, store: Store, token_ttl: float, commit_ttl: float, retry_cap: float = 2.0
+    ) -> None:
         self.store = store
+        self._retry_cap = retry_cap
+        self._retrying = False
+        self._stopped = threading.Event()
         self._ttl_ms = int(token_ttl * 1000)
         #: how long a Core commit in flight may keep tokens pending (``lock_timeout``)
         self._commit_ms = max(1, int(commit_ttl * 1000))
@@ -167,11 +187,7 @@ class Versions:
         if not work:
             return True
         tokens = {key: new_token() for key in sorted(work)}
-        ttl_ms, commit_ms = self._ttl_ms, self._commit_ms
-        commands: list[tuple[Any, ...]] = [
-            ("EVAL", REPLACE_TOKEN, 1, key, token, ttl_ms, commit_ms, *sorted(work[key]))
-            for key, token in tokens.items()
-        ]
+        commands = self._commands(work, tokens)
         if extra is not None:
             commands.extend(extra(tokens))
         started = time.perf_counter()
@@ -182,7 +198,18 @@ class Versions:
             self._settled(owed)
         else:
             self._owe(keys, op)
+            if keys:  # other processes serve the old entries until this is delivered
+                self._start_retrying()
         return ok
+
+    def _commands(
+        self, work: Mapping[str, frozenset[str]], tokens: Mapping[str, bytes]
+    ) -> list[tuple[Any, ...]]:
+        ttl_ms, commit_ms = self._ttl_ms, self._commit_ms
+        return [
+            ("EVAL", REPLACE_TOKEN, 1, key, token, ttl_ms, commit_ms, *sorted(work[key]))
+            for key, token in tokens.items()
+        ]
 
     def _owe(self, keys: Iterable[str], op: frozenset[str] = frozenset()) -> None:
         with self._lock:
@@ -193,6 +220,57 @@ class Versions:
                     self._generation,
                     op if previous is None else previous[1] | op,
                 )
+
+    # background delivery ---------------------------------------------------------------------
+
+    def _start_retrying(self) -> None:
+        with self._lock:
+            if self._retrying or self._stopped.is_set():
+                return
+            self._retrying = True
+        threading.Thread(
+            target=self._retry_loop, name="sqla-redis-cache-retry", daemon=True
+        ).start()
+
+    def _retry_loop(self) -> None:
+        delay = RETRY_FIRST
+        try:
+            while self._owed and not self._stopped.wait(delay * (0.5 + random.random() / 2)):
+                if self._deliver():
+                    delay = RETRY_FIRST
+                else:
+                    delay = min(delay * RETRY_GROWTH, self._retry_cap)
+        finally:
+            with self._lock:
+                self._retrying = False
+        if self._owed and not self._stopped.is_set():  # owed again while this one was ending
+            self._start_retrying()
+
+    def _deliver(self) -> bool:
+        """Send everything owed straight to Redis (not through the breaker); True if it went."""
+        with self._lock:
+            owed = dict(self._owed)
+        if not owed:
+            return True
+        tokens = {key: new_token() for key in sorted(owed)}
+        commands = self._commands({key: ops for key, (_, ops) in owed.items()}, tokens)
+        store = self.store
+        started = time.perf_counter()
+        try:
+            store.io.pipeline(commands)
+        except (RedisError, OSError):
+            store.stats.errors += 1
+            return False
+        store.stats.invalidated(len(tokens), True, time.perf_counter() - started)
+        store.breaker.success()  # Redis answers: requests may use it again at once
+        self._settled(owed)
+        return True
+
+    def close(self) -> None:
+        """Stop retrying in the background, after one last attempt."""
+        self._stopped.set()
+        if self._owed:
+            self.settle()
 
     def _settled(self, sent: Mapping[str, tuple[int, frozenset[str]]]) -> None:
         """Forget what was sent, unless it was owed again meanwhile (a newer generation)."""
