@@ -14,7 +14,7 @@ So the tables a Core transaction wrote are published twice:
   the claim expires after ``lock_timeout`` and the tables are cached again.
 
 A pending token is one value holding the ids of every commit in flight on that table, each with
-its deadline; all its transitions are one single-key script (``_versions.REPLACE_TOKEN``, safe on
+its expiry; all its transitions are one single-key script (``_versions.REPLACE_TOKEN``, safe on
 Redis Cluster): a Core commit adds its id, its publish removes it, and every other replacement
 (a Session commit, an autocommit write, ``invalidate_tables``) keeps the ids, with a fresh
 random part.  A table becomes cacheable again only with an ordinary token, written when the last

@@ -90,6 +90,13 @@ class MemoryIO:
             return None
         return value  # type: ignore[no-any-return]
 
+    def _pttl(self, key: str) -> int:
+        """Like Redis's PTTL: ms left, -1 without expiry, -2 when missing."""
+        if self._get(key) is None:
+            return -2
+        expires = self._backend.get(key)[0]
+        return -1 if expires is None else int((expires - time.monotonic()) * 1000)
+
     def _set(self, key: str, args: Sequence[Any]) -> Any:
         value, *flags = args
         options = [str(f).upper() if isinstance(f, str) else f for f in flags]
@@ -129,11 +136,11 @@ class MemoryIO:
             _, _, key, token, ttl_ms, commit_ms, *ops = args
             value, px = replace_token(
                 self._get(key),
+                self._pttl(key),
                 _as_bytes(token),
                 int(ttl_ms),
                 int(commit_ms),
                 [o.decode() if isinstance(o, bytes) else str(o) for o in ops],
-                int(time.time() * 1000),
             )
             return self._set(key, [value, "PX", px])
         raise NotImplementedError(f"MemoryIO does not implement {name}")

@@ -48,66 +48,80 @@ RETRY_GROWTH = 1.5
 #: prefix of a *pending* token, set for the commits of Core connections, whose end cannot be
 #: observed (``_core_commit``).  Entries are never stamped with one, so nothing is cached or
 #: served for those tables while it stands.  Its value is ``pending:<token>`` followed by one
-#: ``;<commit id>@<deadline, ms>`` per commit in flight.
+#: ``;<commit id>@<ms>`` per commit in flight, where ``ms`` says how long before the key expires
+#: that commit's claim expires: the key's own TTL is the clock (no ``TIME`` command, which the
+#: ACL rules docs/deployment.md gives do not allow, and no client clocks).
 PENDING = b"pending:"
 
 #: Replace one version token (one key, so Cluster-safe).  ``ARGV``: the new random token, the
 #: TTL (ms) of an ordinary token, how long (ms) an added commit keeps the token pending, then
 #: ``+<commit id>`` (a commit about to happen: pending until it ends) and ``-<commit id>`` (that
-#: commit is over).  The token stays pending while any listed commit is alive (not ended, deadline
-#: not passed), with a fresh random part; otherwise it becomes an ordinary token.  A plain
-#: replacement (no ids) of a pending token therefore keeps it pending: only the end of the last
-#: commit in flight, or its deadline, makes the table cacheable again.
+#: commit is over).  The token stays pending while any listed commit is alive (not ended, claim
+#: not expired), with a fresh random part, and lives as long as the longest claim; otherwise it
+#: becomes an ordinary token.  A plain replacement (no ids) of a pending token therefore keeps
+#: it pending: only the end of the last commit in flight, or its expiry, makes the table
+#: cacheable again.
 REPLACE_TOKEN = """
 local cur = redis.call('GET', KEYS[1])
 local pending = cur and string.sub(cur, 1, 8) == 'pending:'
 if not pending and #ARGV == 3 then
   return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ended, adds = {}, {}
 for i = 4, #ARGV do
   local id = string.sub(ARGV[i], 2)
   if string.sub(ARGV[i], 1, 1) == '-' then ended[id] = true else adds[#adds + 1] = id end
 end
-local seen, parts, last = {}, {}, 0
-local function keep(id, deadline)
-  if deadline > now and not ended[id] and not seen[id] then
-    seen[id] = true
-    parts[#parts + 1] = ';' .. id .. '@' .. string.format('%d', deadline)
-    if deadline > last then last = deadline end
+local left, order = {}, {}
+local function keep(id, ms)
+  if ms > 0 and not ended[id] and left[id] == nil then
+    left[id] = ms
+    order[#order + 1] = id
   end
 end
-for _, id in ipairs(adds) do keep(id, now + tonumber(ARGV[3])) end
+for _, id in ipairs(adds) do keep(id, tonumber(ARGV[3])) end
 if pending then
-  for id, deadline in string.gmatch(cur, ';([^;@]+)@(%d+)') do keep(id, tonumber(deadline)) end
+  local ttl = redis.call('PTTL', KEYS[1])
+  for id, before in string.gmatch(cur, ';([^;@]+)@(%d+)') do keep(id, ttl - tonumber(before)) end
 end
-if #parts == 0 then
+if #order == 0 then
   return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-return redis.call('SET', KEYS[1], 'pending:' .. ARGV[1] .. table.concat(parts), 'PX', last - now)
+local last, parts = 0, {}
+for _, id in ipairs(order) do if left[id] > last then last = left[id] end end
+for _, id in ipairs(order) do
+  parts[#parts + 1] = ';' .. id .. '@' .. string.format('%d', last - left[id])
+end
+return redis.call('SET', KEYS[1], 'pending:' .. ARGV[1] .. table.concat(parts), 'PX', last)
 """
 
 
 def replace_token(
-    current: bytes | None, token: bytes, ttl_ms: int, commit_ms: int, ops: list[str], now_ms: int
+    current: bytes | None, pttl_ms: int, token: bytes, ttl_ms: int, commit_ms: int, ops: list[str]
 ) -> tuple[bytes, int]:
-    """:data:`REPLACE_TOKEN` in Python (value, TTL ms), for the in-process store."""
+    """:data:`REPLACE_TOKEN` in Python: (value, TTL ms), for the in-process store.
+
+    ``pttl_ms`` is the current key's remaining TTL (as ``PTTL`` reports it).
+    """
     ended = {op[1:] for op in ops if op.startswith("-")}
-    alive: dict[str, int] = {}
+    left: dict[str, int] = {}
+
+    def keep(ident: str, ms: int) -> None:
+        if ms > 0 and ident not in ended and ident not in left:
+            left[ident] = ms
+
     for op in ops:
-        if op.startswith("+") and op[1:] not in ended:
-            alive.setdefault(op[1:], now_ms + commit_ms)
+        if op.startswith("+"):
+            keep(op[1:], commit_ms)
     if current is not None and current.startswith(PENDING):
         for part in current.split(b";")[1:]:
-            ident, _, deadline = part.decode().partition("@")
-            if int(deadline) > now_ms and ident not in ended:
-                alive.setdefault(ident, int(deadline))
-    if not alive:
+            ident, _, before = part.decode().partition("@")
+            keep(ident, pttl_ms - int(before))
+    if not left:
         return token, ttl_ms
-    parts = "".join(f";{ident}@{deadline}" for ident, deadline in alive.items())
-    return PENDING + token + parts.encode(), max(alive.values()) - now_ms
+    last = max(left.values())
+    parts = "".join(f";{ident}@{last - ms}" for ident, ms in left.items())
+    return PENDING + token + parts.encode(), last
 
 
 def new_token() -> bytes:

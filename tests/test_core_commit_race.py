@@ -261,11 +261,18 @@ def test_token_replacement_script(where: str, redis_url: str, namespace: str) ->
         assert replace("-c9")[1] == set()  # ending an unknown commit is a plain replacement
         assert replace("+c4", commit_ms=1)[1] == {"c4"}
         time.sleep(0.01)
-        assert replace()[1] == set()  # its deadline passed
+        assert replace()[1] == set()  # its claim expired (and the key with it)
+        replace("+c6", commit_ms=5_000)
+        assert replace("+c7", commit_ms=1)[1] == {"c6", "c7"}
+        time.sleep(0.01)
+        assert replace()[1] == {"c6"}  # c7's claim expired, c6's still stands
+        assert replace("+c8", commit_ms=2_000)[1] == {"c6", "c8"}
+        assert replace("-c6")[1] == {"c8"}
         if where == "redis":
+            assert 0 < client.pttl(key) <= 2_000  # a pending token lives as long as its claims
             replace("+c5", commit_ms=5_000)
             replace()
-            assert 0 < client.pttl(key) <= 5_000  # a pending token lives as long as its commits
+            assert 2_000 < client.pttl(key) <= 5_000
     finally:
         client.delete(key)
         client.close()
