@@ -132,9 +132,11 @@ def session_commit(db: Database, row: int, name: str) -> None:
         s.execute(update(RACE).where(RACE.c.id == row).values(name=name))
 
 
-def test_session_commit_during_a_slow_core_commit(race: Database, cache: QueryCache) -> None:
+def test_session_commit_during_a_slow_core_commit(
+    race: Database, patient_cache: QueryCache
+) -> None:
     """The other session's token replacement must not end the in-flight commit's protection."""
-    db = race
+    db, cache = race, patient_cache
     cache.attach(db.engine)
     cache.attach(db.Session)
     held = Held(db)
@@ -159,11 +161,11 @@ def test_session_commit_during_a_slow_core_commit(race: Database, cache: QueryCa
 
 
 def test_two_slow_core_commits_and_a_session_commit_interleaved(
-    race: Database, cache: QueryCache
+    race: Database, patient_cache: QueryCache
 ) -> None:
     """C1 and C2 in flight, a session commit, C2 finishes and publishes first: C1 is still in
     flight, so nothing read now may be cached; once C1's commit returns its row is seen."""
-    db = race
+    db, cache = race, patient_cache
     cache.attach(db.engine)
     cache.attach(db.Session)
     held = Held(db)
@@ -193,9 +195,9 @@ def test_two_slow_core_commits_and_a_session_commit_interleaved(
         held.close()
 
 
-def test_engine_begin_block_with_a_slow_commit(race: Database, cache: QueryCache) -> None:
+def test_engine_begin_block_with_a_slow_commit(race: Database, patient_cache: QueryCache) -> None:
     """``with engine.begin()``: the block's end is both the commit and the publish."""
-    db = race
+    db, cache = race, patient_cache
     cache.attach(db.engine)
     cache.attach(db.Session)
     held = Held(db)
