@@ -3,8 +3,9 @@
 Each table, each tag and the namespace as a whole has a *token* in Redis: a random 16-character
 string.  An entry records the tokens of everything it depends on as they were read *before* its
 value was built; it is valid only while all of them are unchanged.  Invalidating is replacing a
-token with a new random one: one ``SET`` per table or tag, whatever the number of entries, and
-nothing to scan.
+token with a new random one: one single-key script (:data:`REPLACE_TOKEN`: a ``GET`` and a
+``SET``) per table or tag, whatever the number of entries, and nothing to scan.  The script only
+differs from a plain ``SET`` for tables a Core commit is in flight on (``_core_commit``).
 
 Random tokens (rather than counters) make every lost key safe: if Redis evicts or loses a token,
 the next reader creates a fresh random one, which no existing entry carries, so the loss yields
