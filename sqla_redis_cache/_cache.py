@@ -130,6 +130,7 @@ class QueryCache(AsyncAPI):
         if self.config.stats_interval:
             self.flush_stats()
         self._core.reader.close()
+        self._core.versions.close()
         self._core.store.breaker.stop()
         self._core.store.io.close()
         if self._core.store.io_selector is not None:

@@ -12,7 +12,9 @@ it it is a checksum.  A truncated, corrupt, foreign or tampered entry raises
 :class:`CorruptEntry` and is treated as a miss.
 
 Payloads are msgpack with a handful of extension types for the values database drivers return
-(datetime, Decimal, UUID, ...), which cannot execute code when decoded.  Pickle is used only for
+(datetime, Decimal, UUID, ...; driver classes such as asyncpg's UUID subclass, ``ipaddress``
+objects and ranges through ``_drivertypes``; datetimes in a named zone keep the zone), which
+cannot execute code when decoded.  Pickle is used only for
 values msgpack cannot encode, and only when a secret is configured, so nothing is ever unpickled
 from Redis unless it was signed with that secret.  Like JSON, msgpack has one sequence type:
 tuples inside values come back as lists (result rows are turned back into tuples).
@@ -38,8 +40,11 @@ import uuid
 import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 import msgpack
+
+from ._drivertypes import kind_named, kind_of
 
 VERSION = 1
 _F_COMPRESSED = 1
@@ -51,7 +56,7 @@ _CREATED = struct.Struct("!d")
 _UNSIGNED_KEY = b"sqla-redis-cache/unsigned-entry"
 
 _EXT_DATETIME, _EXT_DATE, _EXT_TIME, _EXT_TIMEDELTA = 1, 2, 3, 4
-_EXT_DECIMAL, _EXT_UUID = 5, 6
+_EXT_DECIMAL, _EXT_UUID, _EXT_ZONED, _EXT_DRIVER, _EXT_MEMORYVIEW = 5, 6, 7, 8, 9
 
 
 class CorruptEntry(ValueError):
@@ -138,9 +143,27 @@ def available_compressors() -> list[str]:
     return names
 
 
+def zoned(iso: str, zone: str | None) -> datetime.datetime:
+    """A datetime stored as (ISO string, zone name): the same instant, in that zone again."""
+    value = datetime.datetime.fromisoformat(iso)
+    return value if zone is None else value.astimezone(ZoneInfo(zone))
+
+
+def zone_of(value: datetime.datetime) -> str | None:
+    """The name of a datetime's ``ZoneInfo`` (None for fixed offsets and naive values)."""
+    tzinfo = value.tzinfo
+    if type(tzinfo) is ZoneInfo:
+        if tzinfo.key is None:  # ZoneInfo.from_file(): no name to rebuild it from
+            raise Unencodable("cannot encode a datetime in a ZoneInfo without a key")
+        return tzinfo.key
+    return None
+
+
 def _default(obj: Any) -> Any:
     kind = type(obj)
     if kind is datetime.datetime:
+        if type(obj.tzinfo) is ZoneInfo:
+            return msgpack.ExtType(_EXT_ZONED, _packb([obj.isoformat(), zone_of(obj)]))
         return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
     if kind is datetime.date:
         return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
@@ -152,8 +175,13 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     if kind is uuid.UUID:
         return msgpack.ExtType(_EXT_UUID, obj.bytes)
-    if kind is memoryview or kind is bytearray:
+    if kind is memoryview:  # psycopg2's bytea
+        return msgpack.ExtType(_EXT_MEMORYVIEW, bytes(obj))
+    if kind is bytearray:
         return bytes(obj)
+    driver = kind_of(kind)  # a driver's own class (asyncpg's UUID, ranges, ipaddress, ...)
+    if driver is not None:
+        return msgpack.ExtType(_EXT_DRIVER, _packb([driver.name, driver.encode(obj)]))
     raise Unencodable(f"cannot encode {kind.__qualname__} without pickle")
 
 
@@ -171,6 +199,13 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return decimal.Decimal(data.decode())
     if code == _EXT_UUID:
         return uuid.UUID(bytes=data)
+    if code == _EXT_MEMORYVIEW:
+        return memoryview(data)
+    if code == _EXT_ZONED:
+        return zoned(*_unpackb(data))
+    if code == _EXT_DRIVER:
+        name, state = _unpackb(data)
+        return kind_named(name).decode(state)
     raise CorruptEntry(f"unknown extension type {code}")
 
 

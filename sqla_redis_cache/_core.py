@@ -47,7 +47,12 @@ class Core:
         if io is None:
             io = connect_sync(config)
         self.store = Store(io, config, self.stats)
-        self.versions = Versions(self.store, token_ttl=2 * config.longest_ttl)
+        self.versions = Versions(
+            self.store,
+            token_ttl=2 * config.longest_ttl,
+            commit_ttl=config.lock_timeout,
+            retry_cap=config.breaker_cooldown,
+        )
         if config.invalidate_after_outage:
             all_key = [self.keys.all_key]
             self.store.on_connection_lost = lambda: self.versions.mark_pending(all_key)
@@ -91,25 +96,27 @@ class Core:
         tables: Iterable[str],
         extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
         *,
-        pending: bool = False,
+        pending: str | None = None,
+        committed: str | None = None,
         expected: Mapping[str, bytes] | None = None,
     ) -> bool:
         """New tokens for written tables (and what rules add); ``extra`` joins the pipeline.
 
         ``expected``: token keys swapped only-if-unchanged (see ``Versions.bump``).
 
-        ``pending`` (a commit about to happen whose end cannot be observed): pending tokens,
-        under which nothing is cached, until the tokens are replaced again after the commit or
-        ``lock_timeout`` passes.
+        ``pending`` (the id of a commit about to happen whose end cannot be observed): pending
+        tokens, under which nothing is cached, until ``committed`` names that id after the
+        commit or ``lock_timeout`` passes (see ``_core_commit``).
         """
-        pending_ms = max(1, int(self.config.lock_timeout * 1000)) if pending else None
         tables = set(tables)
         if ALL_TABLES in tables:
-            return self.versions.bump([self.keys.all_key], pending_ms=pending_ms)
+            return self.versions.bump([self.keys.all_key], pending=pending, committed=committed)
         tables, tags = self.write_rules.expand(tables)
         keys = [self.keys.table(t) for t in tables]
         keys.extend(self.keys.tag(t) for t in tags)
-        return self.versions.bump(keys, extra, pending_ms=pending_ms, expected=expected)
+        return self.versions.bump(
+            keys, extra, pending=pending, committed=committed, expected=expected
+        )
 
 
 def base_engine(engine: Engine) -> Engine:

@@ -62,6 +62,10 @@ class CachedCursor:
     def close(self) -> None:
         self._rows = []
 
+    async def _async_soft_close(self) -> None:
+        """Called by SQLAlchemy's asyncio extension on the cursor of a buffered Core result
+        (``AsyncSession.execute(select(table.c.x))``); the rows are already in memory."""
+
     def setinputsizes(self, *args: Any) -> None:
         pass
 

@@ -17,7 +17,9 @@ Writes
     CASCADE``: ``_fkgraph``).
     Under AUTOCOMMIT isolation the write is already committed, so it is published at once.
     Otherwise reads of those tables on that connection bypass the cache until the transaction
-    ends, so a transaction sees its own writes and nothing uncommitted is stored.  The
+    ends, so a transaction sees its own writes and nothing uncommitted is stored.  The tables
+    and tags that declared ``invalidates`` rules add (``_write_rules``: what triggers write)
+    count as written from the same statement on, not only at commit.  The
     connection's ``commit`` event hands the set over to whoever invalidates after the commit
     (the session wiring, or ``_core_commit``).
 
@@ -144,7 +146,11 @@ class EngineHooks(Listeners):
         conn = context.root_connection
         info = conn.info
         written = info.get(self.k.written)
-        if written and (ALL_TABLES in written or not written.isdisjoint(tables)):
+        if written and (
+            ALL_TABLES in written
+            or not written.isdisjoint(tables)
+            or (directive.tags and not core.write_rules.tags(written).isdisjoint(directive.tags))
+        ):
             stats.bypasses += 1
             return False
         if info.get(self.k.tx_used) and _snapshot_isolated(conn):
@@ -240,7 +246,10 @@ class EngineHooks(Listeners):
         written = info.get(self.k.written)
         if written is None:
             written = info[self.k.written] = set()
-        written.update(tables if tables is not None else (ALL_TABLES,))
+        if tables is None:
+            written.add(ALL_TABLES)
+        else:  # with what declared rules add (trigger targets): their rows are uncommitted too
+            written.update(self.core.write_rules.expand(tables)[0])
 
     def _schema_changed(self, conn: Any) -> None:
         graph = self.fk_graphs.state(conn)

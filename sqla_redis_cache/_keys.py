@@ -25,6 +25,8 @@ import uuid
 import weakref
 from typing import Any
 
+from ._drivertypes import keyable
+
 #: types whose repr is faithful and whose values are immutable
 SAFE_SCALARS = (
     type(None),
@@ -58,6 +60,8 @@ def _check(value: Any) -> None:
         for k, v in value.items():
             _check(k)
             _check(v)
+        return
+    if keyable(kind):  # a driver's UUID subclass (asyncpg), ipaddress objects (psycopg, asyncpg)
         return
     raise UnkeyableParameter(kind.__qualname__)
 

@@ -1,7 +1,8 @@
 """An in-process stand-in for Redis, for the demo and single-process use without a server.
 
 It implements :class:`~._store.RedisIO` over dogpile.cache's memory backend, interpreting the
-few commands the cache sends (GET/MGET, SET with NX/PX, UNLINK) and keeping expiry times itself.
+few commands the cache sends (GET/MGET, SET with NX/PX, UNLINK, its two scripts) and keeping
+expiry times itself.
 It is correct for one process only: other processes cannot see its entries or invalidations, so
 ``QueryCache`` uses it only when asked to (``QueryCache.in_memory()``), never silently.
 """
@@ -18,6 +19,7 @@ from dogpile.cache.api import NO_VALUE
 from dogpile.cache.backends.memory import MemoryBackend
 
 from ._store import CAS_SET, Mutex
+from ._versions import REPLACE_TOKEN, replace_token
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -88,6 +90,13 @@ class MemoryIO:
             return None
         return value  # type: ignore[no-any-return]
 
+    def _pttl(self, key: str) -> int:
+        """Like Redis's PTTL: ms left, -1 without expiry, -2 when missing."""
+        if self._get(key) is None:
+            return -2
+        expires = self._backend.get(key)[0]
+        return -1 if expires is None else int((expires - time.monotonic()) * 1000)
+
     def _set(self, key: str, args: Sequence[Any]) -> Any:
         value, *flags = args
         options = [str(f).upper() if isinstance(f, str) else f for f in flags]
@@ -123,6 +132,17 @@ class MemoryIO:
             if current is None or current != _as_bytes(expected):
                 return 0
             return self._set(key, [new, "PX", ttl])
+        if name == "EVAL" and args[0] == REPLACE_TOKEN:
+            _, _, key, token, ttl_ms, commit_ms, *ops = args
+            value, px = replace_token(
+                self._get(key),
+                self._pttl(key),
+                _as_bytes(token),
+                int(ttl_ms),
+                int(commit_ms),
+                [o.decode() if isinstance(o, bytes) else str(o) for o in ops],
+            )
+            return self._set(key, [value, "PX", px])
         raise NotImplementedError(f"MemoryIO does not implement {name}")
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:

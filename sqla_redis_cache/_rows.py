@@ -4,18 +4,26 @@ Rows are stored column by column.  A column whose non-null values all share one 
 msgpack lacks (datetime, Decimal, UUID, ...) is stored as strings or bytes and rebuilt with a
 single ``map`` over the column, which runs at C speed; a per-value extension hook would cost a
 Python call per value and make decoding slower than the database driver.  Mixed columns fall
-back to per-value extension types.  Rows come back as tuples, exactly as drivers return them.
+back to per-value extension types.  Rows come back as tuples, exactly as drivers return them,
+with the same types: a driver's own classes (``_drivertypes``: asyncpg's UUID subclass,
+``ipaddress`` objects, ranges) have a column code of their own, found after the exact-type
+lookup misses and then memoised; datetimes in a named zone (psycopg 3's ``timestamptz``) keep
+the zone.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import operator
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from ._codec import zone_of, zoned
 from ._cursor import Description
+from ._drivertypes import kind_named, kind_of
 from ._keys import SAFE_SCALARS
 
 _RAW = 0
@@ -35,23 +43,47 @@ _DECODERS: dict[int, Callable[[Any], Any]] = {
     4: decimal.Decimal,
     5: lambda b: uuid.UUID(bytes=b),
     6: lambda v: datetime.timedelta(*v),
-    7: bytes,
+    7: memoryview,
+    8: lambda v: zoned(*v),
 }
-_IMMUTABLE = frozenset(SAFE_SCALARS)
+#: datetimes at least one of which is in a ZoneInfo: [ISO string, zone name or None]
+_ZONED = 8
+#: a driver's class: the column is [kind name, encoded values]
+_DRIVER = 9
+#: types whose values may be shared between sessions (grows with immutable driver classes)
+_IMMUTABLE = set(SAFE_SCALARS)
 
 Rows = list[tuple[Any, ...]]
+
+
+_TZINFO = operator.attrgetter("tzinfo")
+
+
+def _in_named_zones(column: Sequence[Any]) -> bool:
+    """True when a datetime of the column is in a ZoneInfo (a map at C speed, not a loop)."""
+    values = column if None not in column else [v for v in column if v is not None]
+    return ZoneInfo in set(map(type, map(_TZINFO, values)))
 
 
 def _encode_column(column: Sequence[Any]) -> list[Any]:
     kinds = set(map(type, column))
     kinds.discard(type(None))
     if len(kinds) == 1:
-        coder = _CODERS.get(kinds.pop())
+        kind = kinds.pop()
+        coder = _CODERS.get(kind)
         if coder is not None:
             code, encode = coder
+            if code == 1 and _in_named_zones(column):
+                code, encode = _ZONED, lambda v: [v.isoformat(), zone_of(v)]
             if None in column:
                 return [code, [None if v is None else encode(v) for v in column]]
             return [code, list(map(encode, column))]
+        driver = kind_of(kind)  # memoised: a dict lookup once the class has been seen
+        if driver is not None:
+            if driver.immutable:
+                _IMMUTABLE.add(kind)
+            encode = driver.encode
+            return [_DRIVER, [driver.name, [None if v is None else encode(v) for v in column]]]
     return [_RAW, list(column)]
 
 
@@ -70,11 +102,17 @@ def decode_result(payload: list[Any]) -> tuple[Description, Rows]:
     if not count:
         return description, []
     decoded = []
-    for code, raw in columns:
+    for code, column in columns:
         if code == _RAW:
-            decoded.append(raw)
+            decoded.append(column)
             continue
-        decode = _DECODERS[code]
+        if code == _DRIVER:
+            driver = kind_named(column[0])
+            if driver.immutable:
+                _IMMUTABLE.add(driver.cls)
+            decode, raw = driver.decode, column[1]
+        else:
+            decode, raw = _DECODERS[code], column
         if None in raw:
             decoded.append([None if v is None else decode(v) for v in raw])
         else:

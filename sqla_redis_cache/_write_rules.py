@@ -10,6 +10,11 @@ written.  Here the same intent is a mapping in the configuration::
 It also covers what no analysis can see: triggers, materialised views, foreign keys declared
 only in the database.  Rules are followed transitively (a table reached through a rule brings
 its own rules) and the closure is computed once per set of written tables.
+
+A rule says what a write *does*, so it applies wherever writes count, not only at commit: the
+writing transaction records the expanded tables as written (its reads of a trigger's target
+then bypass the cache, see their own rows, and never store uncommitted ones), and its reads
+carrying one of the rule's tags bypass too (``_execution``).
 """
 
 from __future__ import annotations
@@ -79,3 +84,9 @@ class WriteRules:
             self._memo.clear()
         self._memo[written] = result
         return result
+
+    def tags(self, written: Iterable[str]) -> frozenset[str]:
+        """The tags that writing ``written`` invalidates."""
+        if not self._rules:
+            return frozenset()
+        return self.expand(written)[1]

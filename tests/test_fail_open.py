@@ -153,3 +153,65 @@ def test_an_invalidation_lost_in_a_failover_is_never_served(
             assert one(db) == "changed"
     finally:
         cache.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breaker_threshold", [3, 1], ids=["breaker-closed", "breaker-open"])
+def test_a_stalled_invalidation_reaches_other_processes_without_the_writer(
+    db: Database, namespace: str, throwaway: tuple[str, int], breaker_threshold: int
+) -> None:
+    """Redis stalls (``CLIENT PAUSE 250``) during ``commit()``: the commit returns, its
+    invalidation is owed.  The writing process never touches the cache again, yet another
+    process (a second cache on its own engine) sees the change shortly after Redis answers
+    again: the writer retries in the background, and not behind its circuit breaker (opened by
+    the stall with ``breaker_threshold=1``, its cool-down far longer than this test)."""
+    import time
+
+    import redis
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    url, _ = throwaway
+    writer = QueryCache.from_url(
+        url, namespace=namespace, breaker_threshold=breaker_threshold, breaker_cooldown=60
+    )
+    writer.attach(db.Session)
+    other_engine = create_engine(db.url)
+    other_sessions = sessionmaker(other_engine)
+    other = QueryCache.from_url(url, namespace=namespace, socket_timeout=2, connect_timeout=2)
+    other.attach(other_sessions)
+    admin = redis.Redis.from_url(url, socket_timeout=10)
+
+    def read_elsewhere() -> str:
+        with other_sessions() as s:
+            return str(s.execute(STMT).scalar_one())
+
+    try:
+        assert read_elsewhere() == "user1"  # filled
+        assert read_elsewhere() == "user1" and other.stats().hits == 1
+        admin.execute_command("CLIENT", "PAUSE", 250, "ALL")
+        with db.Session.begin() as s:
+            s.execute(update(User).where(User.id == 1).values(name="changed"))
+        assert writer._core.versions.has_pending  # the commit returned, its invalidation owed
+        assert writer._core.store.breaker.is_open == (breaker_threshold == 1)
+        fresh = redis.Redis.from_url(url, socket_timeout=10)
+        fresh.ping()  # answered once the pause is over (the other cache stayed idle meanwhile)
+        fresh.close()
+        answered = time.monotonic()
+        deadline = answered + 5
+        seen = read_elsewhere()
+        while seen != "changed" and time.monotonic() < deadline:
+            time.sleep(0.002)
+            seen = read_elsewhere()
+        stale_ms = (time.monotonic() - answered) * 1000
+        print(f"\n[stall] other process stale for {stale_ms:.0f} ms after Redis answered again")
+        assert seen == "changed"
+        assert other.stats().errors == 0  # it never saw the stall: nothing of its own helped
+        while writer._core.versions.has_pending and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert not writer._core.versions.has_pending
+    finally:
+        writer.close()
+        other.close()
+        other_engine.dispose()
+        admin.close()
