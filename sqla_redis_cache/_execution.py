@@ -22,7 +22,14 @@ Writes
 Snapshot isolation
     Under REPEATABLE READ / SERIALIZABLE a transaction reads from a snapshot taken at its first
     statement, possibly older than the version tokens read now; such reads after the first
-    statement bypass the cache rather than store an old snapshot under new tokens.
+    statement bypass the cache rather than store an old snapshot under new tokens.  The level
+    may be set on the engine or connection, or in SQL (``SET TRANSACTION ...``, ``BEGIN
+    ISOLATION LEVEL ...``, session defaults): ``_conn_state`` tracks the latter.
+
+Identity
+    The key names the database behind the connection (``_identity``); a connection whose
+    session settings changed at run time (``SET search_path``, roles, temporary tables) reads
+    around the cache (``_conn_state``).
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine.default import NO_CACHE_KEY
 
 from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
+from ._conn_state import STATE, might_change_state, observe
 from ._core_commit import autocommitting
 from ._cursor import CachedCursor
+from ._identity import connection_identity, engine_identity
 from ._keys import UnkeyableParameter
 from ._listeners import Listeners
 from ._options import CacheDirective
@@ -50,6 +59,9 @@ _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
 
 
 def _snapshot_isolated(conn: Any) -> bool:
+    state = conn.info.get(STATE)
+    if state is not None and (state.tx_snapshot or state.snapshot):
+        return True
     dialect = conn.dialect
     if dialect.name == "sqlite":  # pysqlite does not BEGIN before SELECT
         return False
@@ -65,14 +77,18 @@ def detached(engine: Any, statement: str, parameters: Any) -> Any:
     """A builder for refresh-ahead that runs ``statement`` on its own pooled connection.
 
     None for async drivers, whose connections cannot be used from a plain thread (the lock
-    winner then refreshes inline).
+    winner then refreshes inline), and for databases that exist per connection.  A pooled
+    connection whose session settings changed refuses to refresh (its rows are not shared).
     """
-    if engine.dialect.is_async:
+    if engine.dialect.is_async or engine_identity(engine) is None:
         return None
 
     def build() -> tuple[Any, list[Any]]:
         raw = engine.raw_connection()
         try:
+            state = raw.info.get(STATE)
+            if state is not None and state.blocks_any():
+                raise RuntimeError("the pooled connection's session settings were changed")
             cursor = raw.cursor()
             try:
                 if parameters is None:
@@ -142,12 +158,16 @@ class EngineHooks(Listeners):
         if written and (ALL_TABLES in written or not written.isdisjoint(tables)):
             stats.bypasses += 1
             return False
+        state = info.get(STATE)
+        if state is not None and state.blocks(tables):
+            stats.bypasses += 1
+            return False
         if info.get(self.k.tx_used) and _snapshot_isolated(conn):
             stats.bypasses += 1
             return False
         keys = core.keys
         try:
-            key = keys.query(keys.engine_id(conn.engine), statement, parameters)
+            key = keys.query(connection_identity(conn), statement, parameters)
         except UnkeyableParameter:
             stats.uncacheable += 1
             return False
@@ -205,6 +225,8 @@ class EngineHooks(Listeners):
         info[self.k.tx_used] = True
         if context is None:
             return
+        if context.is_text or context.isddl or might_change_state(statement):
+            observe(conn, info, statement, context.dialect.name, autocommitting(conn))
         if context.isinsert or context.isupdate or context.isdelete:
             tables = written_tables(context)
         elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
@@ -239,6 +261,9 @@ class EngineHooks(Listeners):
     def commit(self, conn: Any) -> None:
         info = conn.info
         info.pop(self.k.tx_used, None)
+        state = info.get(STATE)
+        if state is not None:
+            state.commit()
         written = info.pop(self.k.written, None)
         if written:
             info.setdefault(self.k.committing, set()).update(written)
@@ -249,6 +274,14 @@ class EngineHooks(Listeners):
         info = conn.info
         for key in (self.k.written, self.k.committing, self.k.tx_used):
             info.pop(key, None)
+        state = info.get(STATE)
+        if state is not None:
+            state.rollback()
+
+    def rollback_savepoint(self, conn: Any, name: str, context: Any) -> None:
+        state = conn.info.get(STATE)
+        if state is not None:  # a reset inside the savepoint is undone
+            state.pending.clear()
 
     EVENTS = (
         "do_execute",
@@ -257,4 +290,5 @@ class EngineHooks(Listeners):
         "begin",
         "commit",
         "rollback",
+        "rollback_savepoint",
     )

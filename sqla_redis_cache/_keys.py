@@ -3,8 +3,9 @@
 Every key starts with ``<namespace>:`` so applications can share a Redis and ``clear()`` touches
 only its own keys.  The layout (see docs/deployment.md for slots):
 
-- ``ns:q:<digest>``   a cached query result: digest of database identity + driver, final SQL and
-  the DBAPI parameters exactly as the driver would receive them;
+- ``ns:q:<digest>``   a cached query result: digest of database identity (``_identity``: driver,
+  where and as whom it connects, every connect parameter that can change results), final SQL
+  and the DBAPI parameters exactly as the driver would receive them;
 - ``ns:k:<key>``      a generic value (the seed guide's key/value API);
 - ``ns:t:<table>``    the version token of a table; ``ns:g:<tag>`` of a tag; ``ns:all`` of
   the whole namespace (bumped by ``clear()`` and by writes whose target is unknown).
@@ -22,8 +23,9 @@ import datetime
 import decimal
 import hashlib
 import uuid
-import weakref
 from typing import Any
+
+from ._identity import engine_identity
 
 #: types whose repr is faithful and whose values are immutable
 SAFE_SCALARS = (
@@ -75,22 +77,22 @@ def fingerprint_parameters(parameters: Any) -> str:
 class KeyBuilder:
     """Builds the namespaced keys of one cache."""
 
-    __slots__ = ("_engine_ids", "all_key", "prefix")
+    __slots__ = ("all_key", "prefix")
 
     def __init__(self, namespace: str) -> None:
         self.prefix = namespace + ":"
         self.all_key = self.prefix + "all"
-        self._engine_ids: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
-    def engine_id(self, engine: Any) -> bytes:
-        ident = self._engine_ids.get(engine)
+    @staticmethod
+    def engine_id(engine: Any) -> bytes:
+        """The identity of ``engine``'s database (``_identity``), for keys made without a
+        connection (the entity cache); a database per connection cannot have one."""
+        ident = engine_identity(engine)
         if ident is None:
-            url = engine.url
-            ident = (
-                f"{engine.dialect.name}+{engine.dialect.driver}://{url.host or ''}:"
-                f"{url.port or ''}/{url.database or ''}"
-            ).encode()
-            self._engine_ids[engine] = ident
+            raise UnkeyableParameter(
+                "an in-memory SQLite database exists per connection: its entities cannot be "
+                "cached (use a StaticPool or a shared-cache URI)"
+            )
         return ident
 
     def query(self, engine_id: bytes, statement: str, parameters: Any) -> str:
