@@ -5,9 +5,10 @@ the base table of its class hierarchy (after ``schema_translate_map``: each tena
 entries of its own) and its primary key (``ns:e:<digest>``), so that
 ``session.get(Employee, 2)`` finds the ``Manager`` stored by a flush of that manager.
 Flushes under a ``schema_translate_map`` remove the entries they wrote rather than writing
-them through, and an engine whose connections changed session settings at run time
-(``_conn_state``) is no longer answered for: the entity cache answers before a connection
-exists, so it cannot see which settings the query would have run with.
+them through (write-through stamps name the untranslated tables), and an engine whose
+connections changed session settings at run time (``_conn_state``) is no longer answered
+for: the entity cache answers before a connection exists, so it cannot see which settings
+the query would have run with.
 
 Freshness works as for queries: an entry is stamped with the tokens of the namespace and of
 every table of its hierarchy, so any write those tables see (bulk DML, Core, text(), another
@@ -350,7 +351,7 @@ class Entities:
             except UnkeyableParameter:
                 continue
             row = None
-            # under a schema translation or changed session settings: remove, never write
+            # changed session settings: the row may not be the shared one; remove it
             through = not translate and not tainted(bind.engine)
             if through and not isdelete and self.writes_through(mapper):
                 row = self._snapshot(state, flushing=True)
