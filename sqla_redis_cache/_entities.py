@@ -57,7 +57,7 @@ from ._codec import CorruptEntry, Unencodable
 from ._conn_state import tainted
 from ._entity_get import primary_key_get, schema_map, transaction_blocks
 from ._keys import UnkeyableParameter, fingerprint_parameters
-from ._options import CachedOption
+from ._options import SESSION_WIRED, CachedOption
 from ._store import CAS_SET, FAILED
 from ._versions import Versions
 
@@ -271,7 +271,8 @@ class Entities:
             session.add(obj)
             stats.hit(time.perf_counter() - started)
             return IteratorResult(SimpleResultMetaData([mapper.class_.__name__]), iter([(obj,)]))
-        result = orm_state.invoke_statement()
+        # from the database, not from a query-cache entry of the same SELECT
+        result = orm_state.invoke_statement(execution_options={SESSION_WIRED: True})
         stats.misses += 1
         if values is None:
             return result

@@ -2,8 +2,12 @@
 
 Reads
     A statement opted in with ``cached()`` carries a :class:`~._options.CacheDirective` in its
-    execution options.  The ``do_execute`` dialect event sees it at the last moment before the
-    cursor runs: after the session's autoflush, with the final SQL string and DBAPI parameters.
+    execution options, put there by the session wiring.  On an engine attached by itself
+    (``attach(engine)``), statements no session wiring has seen (sessions not attached, Core
+    connections) are read for the ``cached()`` option itself, in the statement being executed
+    (``invoked_statement``: the compiled statement may be shared with executions that lack the
+    option).  The ``do_execute`` dialect event sees it at the last moment before the cursor
+    runs: after the session's autoflush, with the final SQL string and DBAPI parameters.
     A hit swaps the execution context's cursor for a :class:`~._cursor.CachedCursor` over the
     cached raw rows and tells SQLAlchemy the statement ran; SQLAlchemy then builds the result
     exactly as from the database.  A miss runs the real cursor, stores its rows, and serves
@@ -42,10 +46,10 @@ from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
 from ._conn_state import STATE, might_change_state, observe
 from ._core_commit import autocommitting
 from ._cursor import CachedCursor
-from ._identity import connection_identity, engine_identity
+from ._identity import base_engine, connection_identity, engine_identity
 from ._keys import UnkeyableParameter
 from ._listeners import Listeners
-from ._options import CacheDirective
+from ._options import SESSION_WIRED, CacheDirective, CachedOption
 from ._rows import decode_result, encode_result, immutable_rows
 from ._sqlwrites import written_by_sql
 
@@ -105,6 +109,17 @@ def detached(engine: Any, statement: str, parameters: Any) -> Any:
     return build
 
 
+def cached_option(context: Any) -> CacheDirective | None:
+    """The ``cached()`` option of the statement being executed, when no session wiring
+    translated it (a Session or Core connection on an engine attached by itself)."""
+    options = getattr(getattr(context, "invoked_statement", None), "_with_options", None)
+    if options:
+        for option in options:
+            if isinstance(option, CachedOption):
+                return option.payload
+    return None
+
+
 class EngineHooks(Listeners):
     """The listeners one cache installs on each engine it serves."""
 
@@ -119,14 +134,29 @@ class EngineHooks(Listeners):
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         directive: CacheDirective | None = context.execution_options.get(self.option_key)
         if directive is None:
-            return False
+            directive = self._engine_directive(context)
+            if directive is None:
+                return False
         return self._serve(cursor, statement, parameters, context, directive)
 
     def do_execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
         directive: CacheDirective | None = context.execution_options.get(self.option_key)
         if directive is None:
-            return False
+            directive = self._engine_directive(context)
+            if directive is None:
+                return False
         return self._serve(cursor, statement, None, context, directive)
+
+    def _engine_directive(self, context: Any) -> CacheDirective | None:
+        """The ``cached()`` option of a statement no session wiring has seen, on an engine
+        attached by itself; None otherwise."""
+        explicit = self.core.explicit_engines
+        if not explicit or SESSION_WIRED in context.execution_options:
+            return None
+        directive = cached_option(context)
+        if directive is None or base_engine(context.root_connection.engine) not in explicit:
+            return None
+        return directive
 
     def _serve(
         self,

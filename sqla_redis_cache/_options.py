@@ -18,6 +18,10 @@ from sqlalchemy.orm import UserDefinedOption
 from ._codec import COMPRESSORS
 from ._config import seconds
 
+#: execution option set by every cache's session wiring on the ORM statements it has seen, so
+#: that the engine-level reading of ``cached()`` (``attach(engine)``) leaves them alone
+SESSION_WIRED = "sqla_redis_cache.session_wired"
+
 
 @dataclass(frozen=True, slots=True)
 class CacheDirective:
