@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
@@ -109,6 +109,8 @@ def test_sessions_wired_to_another_cache_are_left_to_it(
 def test_only_engines_attached_by_themselves_read_the_option(
     db: Database, cache: QueryCache
 ) -> None:
+    unrelated = create_engine("sqlite://")
+    cache.attach(unrelated)  # another engine, attached by itself
     cache.attach(sessionmaker(db.engine))  # installs engine hooks, but for that sessionmaker
     with db.counter.expect(2):
         read_name(db), read_name(db)
@@ -119,3 +121,16 @@ def test_only_engines_attached_by_themselves_read_the_option(
     cache.detach(db.engine)
     with db.counter.expect(1):
         read_name(db)
+    unrelated.dispose()
+
+
+def test_entity_misses_fill_no_query_entry(
+    db: Database, cache: QueryCache, redis_target: Any
+) -> None:
+    cache.attach(db.engine).attach(db.Session)
+    with db.Session() as s:
+        assert s.get_one(User, 4, options=[cached()]).name == "user4"
+    client = redis_target.client()
+    namespace = cache.config.namespace
+    assert list(client.scan_iter(match=f"{namespace}:q:*")) == []
+    assert len(list(client.scan_iter(match=f"{namespace}:e:*"))) == 1
