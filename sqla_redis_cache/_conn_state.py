@@ -260,7 +260,7 @@ def observe(
     fresh = state is None
     if state is None:
         state = ConnState()
-    for piece in statement.split(";"):
+    for piece in _statements(statement):
         lead = _LEAD.match(piece)
         _statement(state, piece[lead.end() if lead else 0 :], dialect, autocommit)
     for match in _TEMP.finditer(statement):
@@ -272,6 +272,30 @@ def observe(
         info[STATE] = state
     if state.session_changed:
         _tainted.add(base_engine(conn.engine))
+
+
+_TOKEN = re.compile(
+    r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|--[^\n]*|/\*.*?(?:\*/|$)|\$(\w*)\$|;", re.S
+)
+
+
+def _statements(sql: str) -> list[str]:
+    """``sql`` split at the semicolons that end statements: not inside quotes, comments or
+    dollar-quoted bodies (a ``DO`` block's ``END`` is not a ``COMMIT``)."""
+    pieces: list[str] = []
+    start = pos = 0
+    while (match := _TOKEN.search(sql, pos)) is not None:
+        token = match.group(0)
+        if token == ";":
+            pieces.append(sql[start : match.start()])
+            start = pos = match.end()
+            continue
+        pos = match.end()
+        if token.startswith("$"):  # skip to the closing tag of a dollar-quoted body
+            close = sql.find(token, pos)
+            pos = len(sql) if close < 0 else close + len(token)
+    pieces.append(sql[start:])
+    return pieces
 
 
 def _bare(name: str) -> str:

@@ -197,7 +197,7 @@ class EngineHooks(Listeners):
             return False
         keys = core.keys
         try:
-            key = keys.query(connection_identity(conn), statement, parameters)
+            key = keys.query(connection_identity(conn, info), statement, parameters)
         except UnkeyableParameter:
             stats.uncacheable += 1
             return False

@@ -103,9 +103,9 @@ def engine_identity(engine: Engine) -> bytes | None:
     return ident
 
 
-def connection_identity(conn: Any) -> bytes:
-    """The identity of the database behind ``conn`` (a Connection): the hot-path lookup."""
-    info = conn.info
+def connection_identity(conn: Any, info: dict[str, Any]) -> bytes:
+    """The identity of the database behind ``conn`` (a Connection whose ``info`` is given):
+    the hot-path lookup, one dictionary get."""
     ident: bytes | None = info.get(CONNECTION_IDENTITY)
     if ident is None:
         ident = engine_identity(conn.engine)

@@ -270,6 +270,18 @@ def test_search_path_set_at_run_time_bypasses_the_cache(
         assert db.read() == "public"
 
 
+def test_statements_inside_a_do_block_are_not_transaction_control(
+    tenants: str, cache: QueryCache, engines: list[Counted]
+) -> None:
+    db = _one_connection(engines, tenants)
+    cache.attach(db.Session)
+    assert db.read() == "public"
+    with db.Session() as s:
+        s.execute(text("SET LOCAL search_path TO i10_tenant_b"))
+        s.execute(text("DO $$ BEGIN PERFORM 1; END $$"))  # its END is not a COMMIT
+        assert s.execute(BY_ID).scalar_one() == "b"
+
+
 def test_reset_all_is_honoured_only_when_committed(
     tenants: str, cache: QueryCache, engines: list[Counted]
 ) -> None:
