@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 
 from sqla_redis_cache import QueryCache, cached
+from sqla_redis_cache._conn_state import _statements
 from sqla_redis_cache._identity import engine_identity
 
 from ._counting import make_counted_engine
@@ -270,7 +271,7 @@ def test_search_path_set_at_run_time_bypasses_the_cache(
         assert db.read() == "public"
 
 
-def test_statements_inside_a_do_block_are_not_transaction_control(
+def test_do_blocks_and_strings_are_not_transaction_control(
     tenants: str, cache: QueryCache, engines: list[Counted]
 ) -> None:
     db = _one_connection(engines, tenants)
@@ -278,8 +279,13 @@ def test_statements_inside_a_do_block_are_not_transaction_control(
     assert db.read() == "public"
     with db.Session() as s:
         s.execute(text("SET LOCAL search_path TO i10_tenant_b"))
-        s.execute(text("DO $$ BEGIN PERFORM 1; END $$"))  # its END is not a COMMIT
+        s.execute(text("SELECT 'a; END', $x$; COMMIT$x$"))  # no COMMIT in there
         assert s.execute(BY_ID).scalar_one() == "b"
+    # (a DO block counts as a write to unknown tables, which bypasses anyway)
+    assert _statements("DO $$ BEGIN PERFORM 1; END $$; SET x = ';'") == [
+        "DO $$ BEGIN PERFORM 1; END $$",
+        " SET x = ';'",
+    ]
 
 
 def test_reset_all_is_honoured_only_when_committed(
