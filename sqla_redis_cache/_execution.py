@@ -255,7 +255,10 @@ class EngineHooks(Listeners):
         info[self.k.tx_used] = True
         if context is None:
             return
-        if context.is_text or context.isddl or might_change_state(statement):
+        # session state: textual SQL and DDL, or set_config() in a statement that really ran
+        if (context.is_text or context.isddl) or (
+            not getattr(context.cursor, "hit", False) and might_change_state(statement)
+        ):
             observe(conn, info, statement, context.dialect.name, autocommitting(conn))
         if context.isinsert or context.isupdate or context.isdelete:
             tables = written_tables(context)

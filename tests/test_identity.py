@@ -455,3 +455,14 @@ def test_entity_cache_steps_aside_for_connections_with_changed_settings(
     cache.attach(fresh.Session)
     with fresh.Session() as s:
         assert s.get_one(Item, 1, options=[cached()]).name == "public"
+
+
+def test_set_config_in_a_compiled_select_is_seen(
+    tenants: str, cache: QueryCache, engines: list[Counted]
+) -> None:
+    db = _one_connection(engines, tenants)
+    cache.attach(db.Session)
+    assert db.read() == "public"
+    with db.Session() as s:
+        s.execute(select(func.set_config("search_path", "i10_tenant_b", True)))
+        assert s.execute(BY_ID).scalar_one() == "b"
