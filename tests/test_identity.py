@@ -308,6 +308,23 @@ def test_reset_all_is_honoured_only_when_committed(
         assert db.read() == "public"
 
 
+def test_reset_all_in_a_rolled_back_savepoint_is_undone(
+    tenants: str, cache: QueryCache, engines: list[Counted]
+) -> None:
+    db = _one_connection(engines, tenants)
+    cache.attach(db.Session)
+    assert db.read() == "public"
+    with db.Session() as s:
+        s.execute(text("SET search_path TO i10_tenant_b"))
+        s.commit()
+    with db.Session() as s:
+        nested = s.begin_nested()
+        s.execute(text("RESET ALL"))
+        nested.rollback()
+        s.commit()  # commits nothing of the reset
+    assert db.read() == "b"
+
+
 ROLE = "i10_identity_reader"
 
 
