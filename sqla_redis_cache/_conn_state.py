@@ -45,108 +45,39 @@ from ._identity import base_engine
 
 STATE = "sqla_redis_cache.connection_state"
 
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 #: run-time settings that cannot change what a query returns
-NEUTRAL_SETTINGS = frozenset(
-    {
-        "application_name",
-        "statement_timeout",
-        "lock_timeout",
-        "idle_in_transaction_session_timeout",
-        "idle_session_timeout",
-        "transaction_timeout",
-        "work_mem",
-        "maintenance_work_mem",
-        "temp_buffers",
-        "hash_mem_multiplier",
-        "client_min_messages",
-        "log_min_messages",
-        "log_min_duration_statement",
-        "log_statement",
-        "synchronous_commit",
-        "jit",
-        "random_page_cost",
-        "seq_page_cost",
-        "effective_cache_size",
-        "effective_io_concurrency",
-        "cpu_tuple_cost",
-        "cpu_index_tuple_cost",
-        "cpu_operator_cost",
-        "parallel_setup_cost",
-        "parallel_tuple_cost",
-        "max_parallel_workers_per_gather",
-        "max_parallel_workers",
-        "from_collapse_limit",
-        "join_collapse_limit",
-        "geqo",
-        "plan_cache_mode",
-        "default_statistics_target",
-        "constraint_exclusion",
-        "client_encoding",
-        "names",
-        "constraints",
-        "default_transaction_read_only",
-        "default_transaction_deferrable",
-        "transaction_read_only",
-        "transaction_deferrable",
-        "track_io_timing",
-        "vacuum_cost_delay",
-        "lo_compat_privileges",
-    }
+NEUTRAL_SETTINGS = _names(
+    """
+    application_name statement_timeout lock_timeout idle_in_transaction_session_timeout
+    idle_session_timeout transaction_timeout work_mem maintenance_work_mem temp_buffers
+    hash_mem_multiplier client_min_messages log_min_messages log_min_duration_statement
+    log_statement synchronous_commit jit random_page_cost seq_page_cost effective_cache_size
+    effective_io_concurrency cpu_tuple_cost cpu_index_tuple_cost cpu_operator_cost
+    parallel_setup_cost parallel_tuple_cost max_parallel_workers_per_gather
+    max_parallel_workers from_collapse_limit join_collapse_limit geqo plan_cache_mode
+    default_statistics_target constraint_exclusion client_encoding names constraints
+    default_transaction_read_only default_transaction_deferrable transaction_read_only
+    transaction_deferrable track_io_timing vacuum_cost_delay lo_compat_privileges
+    """
 )
 _NEUTRAL_PREFIXES = ("enable_", "log_", "jit_", "auto_explain.", "pg_stat_statements.")
 #: SQLite pragmas that cannot change what a query returns
-NEUTRAL_PRAGMAS = frozenset(
-    {
-        "foreign_keys",
-        "journal_mode",
-        "synchronous",
-        "busy_timeout",
-        "cache_size",
-        "cache_spill",
-        "temp_store",
-        "mmap_size",
-        "wal_autocheckpoint",
-        "wal_checkpoint",
-        "optimize",
-        "table_info",
-        "table_xinfo",
-        "table_list",
-        "index_list",
-        "index_info",
-        "index_xinfo",
-        "foreign_key_list",
-        "foreign_key_check",
-        "integrity_check",
-        "quick_check",
-        "database_list",
-        "compile_options",
-        "page_count",
-        "page_size",
-        "max_page_count",
-        "freelist_count",
-        "user_version",
-        "application_id",
-        "schema_version",
-        "data_version",
-        "locking_mode",
-        "journal_size_limit",
-        "auto_vacuum",
-        "incremental_vacuum",
-        "analysis_limit",
-        "threads",
-        "automatic_index",
-        "query_only",
-        "defer_foreign_keys",
-        "recursive_triggers",
-        "secure_delete",
-        "shrink_memory",
-        "soft_heap_limit",
-        "hard_heap_limit",
-        "function_list",
-        "module_list",
-        "pragma_list",
-        "collation_list",
-    }
+NEUTRAL_PRAGMAS = _names(
+    """
+    foreign_keys journal_mode synchronous busy_timeout cache_size cache_spill temp_store
+    mmap_size wal_autocheckpoint wal_checkpoint optimize table_info table_xinfo table_list
+    index_list index_info index_xinfo foreign_key_list foreign_key_check integrity_check
+    quick_check database_list compile_options page_count page_size max_page_count
+    freelist_count user_version application_id schema_version data_version locking_mode
+    journal_size_limit auto_vacuum incremental_vacuum analysis_limit threads automatic_index
+    query_only defer_foreign_keys recursive_triggers secure_delete shrink_memory
+    soft_heap_limit hard_heap_limit function_list module_list pragma_list collation_list
+    """
 )
 
 _tainted: weakref.WeakSet[Any] = weakref.WeakSet()
