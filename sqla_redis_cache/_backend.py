@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from dogpile.cache.api import NO_VALUE, BytesBackend, CantDeserializeException
 from dogpile.cache.region import CacheRegion, make_region
 
-from ._codec import CorruptEntry
+from ._codec import CorruptEntry, Unencodable
 from ._store import FAILED
 
 if TYPE_CHECKING:
@@ -81,7 +81,10 @@ def make_dogpile_region(core: Core, name: str) -> CacheRegion:
     codec = core.codec
 
     def serialize(value: Any) -> bytes:
-        flags, payload = codec.encode_payload(value, compress=False)
+        try:
+            flags, payload = codec.encode_payload(value, compress=False, verify=True)
+        except Unencodable as exc:
+            raise TypeError(f"cannot cache {type(value).__qualname__}: {exc}") from exc
         return bytes((flags,)) + payload
 
     def deserialize(data: bytes) -> Any:

@@ -86,6 +86,7 @@ class QueryCache(AsyncAPI):
         target = getattr(target, "sync_engine", target)
         if isinstance(target, Engine):
             core.ensure_engine(target)
+            core.explicit_engines.add(base_engine(target))  # cached() on any of its sessions
         elif isinstance(target, sessionmaker | Session) or (
             isinstance(target, type) and issubclass(target, Session)
         ):
@@ -116,6 +117,7 @@ class QueryCache(AsyncAPI):
             self._core.engine_hooks.uninstall(target)
             self._core.commit_hooks.uninstall(target)
             self._core._engines.discard(target)
+            self._core.explicit_engines.discard(target)
         else:
             self._core.session_hooks.uninstall(target)
         if target in self._attached:

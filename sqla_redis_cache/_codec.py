@@ -209,6 +209,15 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise CorruptEntry(f"unknown extension type {code}")
 
 
+def _reads_back(load: Callable[[bytes], Any], payload: bytes) -> None:
+    try:
+        load(payload)
+    except Exception as exc:
+        raise Unencodable(
+            f"it would not read back as stored ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def _packb(value: Any) -> bytes:
     data: bytes = msgpack.packb(value, default=_default, use_bin_type=True)
     return data
@@ -241,15 +250,21 @@ class EntryCodec:
         mac.update(body)
         return mac.digest()
 
-    def encode_payload(self, value: Any, compress: bool | str | None = None) -> tuple[int, bytes]:
+    def encode_payload(
+        self, value: Any, compress: bool | str | None = None, verify: bool = False
+    ) -> tuple[int, bytes]:
         """Serialise ``value``; returns (flags, payload).
 
         ``compress``: None compresses above the threshold with the configured compressor, a
         bool forces it on or off, a compressor name ("zlib", "zstd", "lz4") forces that one.
+        ``verify`` decodes the payload again and refuses (or, with a secret, pickles) a value
+        that would not read back, such as a dict keyed by tuples.
         """
         flags = 0
         try:
             payload = _packb(value)
+            if verify:
+                _reads_back(_unpackb, payload)
         except (Unencodable, TypeError, ValueError, OverflowError) as exc:
             if not self.allow_pickle:
                 raise Unencodable(str(exc)) from exc
@@ -257,6 +272,8 @@ class EntryCodec:
                 payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as pexc:
                 raise Unencodable(f"cannot serialise {type(value).__qualname__}: {pexc}") from pexc
+            if verify:
+                _reads_back(pickle.loads, payload)
             flags |= _F_PICKLE
         if compress is None:
             compress = len(payload) > self.compress_threshold
@@ -276,8 +293,9 @@ class EntryCodec:
         *,
         compress: bool | str | None = None,
         created: float | None = None,
+        verify: bool = False,
     ) -> bytes:
-        flags, payload = self.encode_payload(value, compress)
+        flags, payload = self.encode_payload(value, compress, verify)
         body = b"".join(
             (
                 struct.pack("!H", len(stamps)),

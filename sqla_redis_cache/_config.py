@@ -7,10 +7,17 @@ half-reconfigured; build a new :class:`~sqla_redis_cache.QueryCache` instead.
 
 Timeouts default to tens of milliseconds on purpose: a cache is an optimisation, and a dead Redis
 must cost a request milliseconds, not redis-py's default five seconds.
+
+Every duration is checked where it is given (here, in ``cached()``, ``set()``, ``memoize()``):
+a TTL must be a finite number of seconds between 1 ms (Redis expires in whole milliseconds, and
+``PX 0`` is an error) and ten years; an infinite or NaN value would otherwise be accepted and
+fail later, inside a query or after a value was computed.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from collections.abc import Collection, Mapping
@@ -40,6 +47,31 @@ class ConfigurationError(ValueError):
     """Raised at construction time for settings that cannot work."""
 
 
+#: TTL bounds, seconds: Redis expires in whole milliseconds; beyond ten years is a mistake
+MIN_TTL = 0.001
+MAX_TTL = 10 * 365 * 86400.0
+
+
+def seconds(
+    name: str,
+    value: Any,
+    *,
+    minimum: float = MIN_TTL,
+    maximum: float = MAX_TTL,
+    error: type[ValueError] = ValueError,
+) -> float:
+    """``value`` as a float number of seconds within bounds; TypeError / ``error`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and minimum <= number <= maximum):
+        raise error(
+            f"{name} must be a finite number of seconds between {minimum:g} and {maximum:g}, "
+            f"got {value!r}"
+        )
+    return number
+
+
 @dataclass(frozen=True, slots=True)
 class RegionConfig:
     """A TTL profile.
@@ -52,10 +84,11 @@ class RegionConfig:
     refresh_after: float | None = None
 
     def __post_init__(self) -> None:
-        if self.ttl <= 0:
-            raise ConfigurationError(f"region ttl must be positive, got {self.ttl!r}")
-        if self.refresh_after is not None and not 0 < self.refresh_after < self.ttl:
-            raise ConfigurationError("refresh_after must be between 0 and ttl")
+        seconds("region ttl", self.ttl, error=ConfigurationError)
+        if self.refresh_after is not None:
+            seconds("refresh_after", self.refresh_after, error=ConfigurationError)
+            if not self.refresh_after < self.ttl:
+                raise ConfigurationError("refresh_after must be between 0 and ttl")
 
 
 def _default_regions() -> dict[str, RegionConfig]:
@@ -132,14 +165,23 @@ class CacheConfig:
             raise ConfigurationError(
                 f"namespace {self.namespace!r} must be 1-64 characters of letters, digits, '_.-'"
             )
+        regions = {  # seconds are accepted for a region
+            name: given
+            if isinstance(given, RegionConfig)
+            else RegionConfig(seconds(f"region {name!r} ttl", given))
+            for name, given in self.regions.items()
+        }
+        object.__setattr__(self, "regions", regions)
         if self.default_region not in self.regions:
             raise ConfigurationError(f"default region {self.default_region!r} is not defined")
         if self.compress_threshold < 0:
             raise ConfigurationError("compress_threshold must be >= 0")
-        if self.lock_timeout <= 0 or self.lock_wait < 0:
-            raise ConfigurationError("lock_timeout must be > 0 and lock_wait >= 0")
-        if self.stats_interval < 0:
-            raise ConfigurationError("stats_interval must be >= 0 (0 disables shared stats)")
+        err = ConfigurationError
+        for name in ("connect_timeout", "socket_timeout", "breaker_cooldown"):
+            seconds(name, getattr(self, name), minimum=1e-6, maximum=3600, error=err)
+        seconds("lock_timeout", self.lock_timeout, error=err)
+        seconds("lock_wait", self.lock_wait, minimum=0, error=err)
+        seconds("stats_interval", self.stats_interval, minimum=0, error=err)
         from ._write_rules import check_rules
 
         check_rules(self.invalidates)
@@ -148,8 +190,8 @@ class CacheConfig:
             or not all(isinstance(n, str) and n for n in self.write_through)
         ):
             raise ConfigurationError("write_through must be a bool or a list of class/table names")
-        if self.breaker_threshold < 1 or self.breaker_cooldown <= 0:
-            raise ConfigurationError("breaker_threshold must be >= 1 and breaker_cooldown > 0")
+        if self.breaker_threshold < 1:
+            raise ConfigurationError("breaker_threshold must be >= 1")
         from ._codec import compressor
 
         try:

@@ -66,6 +66,8 @@ class Core:
         self.write_rules = WriteRules(config.invalidates)
         self.entities = Entities(self)
         self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        #: engines attached by themselves: ``cached()`` is read from the statements they run
+        self.explicit_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def ensure_engine(self, engine: Engine) -> bool:
@@ -90,6 +92,7 @@ class Core:
                 self.entities.write_through.uninstall(engine)
             self.commit_hooks.release_pools()
             self._engines = weakref.WeakSet()
+            self.explicit_engines = weakref.WeakSet()
 
     def invalidate_written(
         self,

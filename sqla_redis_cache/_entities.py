@@ -1,8 +1,13 @@
 """Entity cache with write-through: the seed's ``cacheEntity`` / ``getCachedEntity``.
 
 An entity entry holds the committed column values of one row, keyed by database identity,
-the base table of its class hierarchy and its primary key (``ns:e:<digest>``), so that
+the base table of its class hierarchy (after ``schema_translate_map``: each tenant schema has
+entries of its own) and its primary key (``ns:e:<digest>``), so that
 ``session.get(Employee, 2)`` finds the ``Manager`` stored by a flush of that manager.
+Flushes under a ``schema_translate_map`` are only invalidated, not written through, and an
+engine whose connections changed session settings at run time (``_conn_state``) is no longer
+answered for: the entity cache answers before a connection exists, so it cannot see which
+settings the query would have run with.
 
 Freshness works as for queries: an entry is stamped with the tokens of the namespace and of
 every table its loaded columns read (the tables of its class hierarchy, and those a
@@ -40,9 +45,10 @@ from sqlalchemy.sql.selectable import TableClause
 
 from ._analysis import table_name
 from ._codec import CorruptEntry, Unencodable
-from ._entity_get import primary_key_get, transaction_blocks
+from ._conn_state import tainted
+from ._entity_get import primary_key_get, schema_map, transaction_blocks
 from ._keys import UnkeyableParameter, fingerprint_parameters
-from ._options import CachedOption
+from ._options import SESSION_WIRED, CachedOption
 from ._store import FAILED
 from ._versions import Versions
 from ._write_through import WriteThrough
@@ -54,23 +60,39 @@ if TYPE_CHECKING:
 class _Hierarchy:
     """What the cache needs to know about one mapped class hierarchy (memoised)."""
 
-    __slots__ = ("base", "classes", "tables", "used")
+    __slots__ = ("_translated", "base", "classes", "table_objects", "tables", "used")
 
     def __init__(self, mapper: Mapper[Any]) -> None:
         self.base = mapper.base_mapper
         mappers = list(self.base.self_and_descendants)
-        tables = {table_name(t, None) for m in mappers for t in m.tables}
+        tables: set[TableClause] = {t for m in mappers for t in m.tables}
         for m in mappers:  # what column_property expressions read
             for prop in m.column_attrs:
                 for column in prop.columns:
                     for element in visitors.iterate(column):
                         if isinstance(element, TableClause):
-                            tables.add(table_name(element, None))
+                            tables.add(element)
+        self.table_objects = tables
         #: every table a loaded column reads: an entry depends on all of them
-        self.tables = sorted(tables)
+        self.tables = sorted({table_name(t, None) for t in tables})
         self.classes = {_class_path(m.class_): m for m in mappers}
         #: this process has read the hierarchy through the entity cache (write-through is on)
         self.used = False
+        self._translated: dict[Any, list[str]] = {}
+
+    def tables_for(self, translate: Mapping[str | None, str | None] | None) -> list[str]:
+        """The hierarchy's table names under a ``schema_translate_map``."""
+        if not translate:
+            return self.tables
+        memo_key = tuple(sorted(translate.items(), key=repr))
+        found = self._translated.get(memo_key)
+        if found is None:
+            if len(self._translated) > 256:
+                self._translated.clear()
+            found = self._translated[memo_key] = sorted(
+                {table_name(t, translate) for t in self.table_objects}
+            )
+        return found
 
 
 def _class_path(cls: type) -> str:
@@ -98,14 +120,23 @@ class Entities:
             found = self._hierarchies[base] = _Hierarchy(base)
         return found
 
-    def key(self, engine: Any, mapper: Mapper[Any], pk: Sequence[Any]) -> str:
+    def key(
+        self,
+        engine: Any,
+        mapper: Mapper[Any],
+        pk: Sequence[Any],
+        translate: Mapping[str | None, str | None] | None = None,
+    ) -> str:
         digest = hashlib.blake2b(self.core.keys.engine_id(engine), digest_size=20)
-        digest.update(b"\x00" + table_name(mapper.base_mapper.local_table, None).encode())  # type: ignore[arg-type]
+        base_table = table_name(mapper.base_mapper.local_table, translate)  # type: ignore[arg-type]
+        digest.update(b"\x00" + base_table.encode())
         digest.update(b"\x00" + fingerprint_parameters(tuple(pk)).encode())
         return self.core.keys.prefix + "e:" + digest.hexdigest()
 
-    def deps(self, hierarchy: _Hierarchy) -> list[str]:
-        return self.core.keys.dependencies(hierarchy.tables, ())
+    def deps(
+        self, hierarchy: _Hierarchy, translate: Mapping[str | None, str | None] | None = None
+    ) -> list[str]:
+        return self.core.keys.dependencies(hierarchy.tables_for(translate), ())
 
     def writes_through(self, mapper: Mapper[Any]) -> bool:
         only = self._only
@@ -118,13 +149,17 @@ class Entities:
     # reading -----------------------------------------------------------------------------------
 
     def lookup(
-        self, engine: Any, mapper: Mapper[Any], pk: Sequence[Any]
+        self,
+        engine: Any,
+        mapper: Mapper[Any],
+        pk: Sequence[Any],
+        translate: Mapping[str | None, str | None] | None = None,
     ) -> tuple[str, list[str], list[bytes | None] | None, dict[str, Any] | None, Mapper[Any]]:
         """(key, deps, values read, committed values or None, stored mapper)."""
         hierarchy = self.hierarchy(mapper)
         hierarchy.used = True
-        key = self.key(engine, mapper, pk)
-        deps = self.deps(hierarchy)
+        key = self.key(engine, mapper, pk, translate)
+        deps = self.deps(hierarchy, translate)
         core = self.core
         if core.versions.has_pending and not core.versions.settle():
             return key, deps, None, None, mapper
@@ -216,10 +251,14 @@ class Entities:
         identity = mapper.identity_key_from_primary_key(pk)
         if identity in session.identity_map:
             return None
-        engine = session.get_bind(mapper).engine
+        bind = session.get_bind(mapper)
+        engine = bind.engine
+        if tainted(engine):
+            return None
+        translate = orm_state.execution_options.get("schema_translate_map") or schema_map(bind)
         try:
             started = time.perf_counter()
-            key, deps, values, row, stored = self.lookup(engine, mapper, pk)
+            key, deps, values, row, stored = self.lookup(engine, mapper, pk, translate)
         except UnkeyableParameter:
             return None
         stats = self.core.stats
@@ -230,7 +269,8 @@ class Entities:
             session.add(obj)
             stats.hit(time.perf_counter() - started)
             return IteratorResult(SimpleResultMetaData([mapper.class_.__name__]), iter([(obj,)]))
-        result = orm_state.invoke_statement()
+        # from the database, not from a query-cache entry of the same SELECT
+        result = orm_state.invoke_statement(execution_options={SESSION_WIRED: True})
         stats.misses += 1
         if values is None:
             return result
@@ -245,7 +285,7 @@ class Entities:
     def get_entity(self, cls: Any, pk: Any, bind: Any) -> Any:
         mapper = inspect(cls)
         pk = tuple(pk) if isinstance(pk, tuple | list) else (pk,)
-        _, _, _, row, stored = self.lookup(bind, mapper, pk)
+        _, _, _, row, stored = self.lookup(bind, mapper, pk, schema_map(bind))
         if row is None or not issubclass(stored.class_, mapper.class_):
             return None
         return self.build(stored, row)
@@ -257,7 +297,8 @@ class Entities:
         mapper = state.mapper
         hierarchy = self.hierarchy(mapper)
         hierarchy.used = True
-        deps = self.deps(hierarchy)
+        translate = schema_map(bind)
+        deps = self.deps(hierarchy, translate)
         values = self.core.store.mget(deps)
         if values is FAILED:
             return False
@@ -268,13 +309,14 @@ class Entities:
         entry = self.seal(stamps, mapper, row)
         if entry is None:
             return False
-        key = self.key(bind, mapper, state.key[1])
+        key = self.key(bind, mapper, state.key[1], translate)
         return self.core.store.pipeline([("SET", key, entry, "PX", self.ttl_ms())]) is not FAILED
 
     def forget_entity(self, cls: Any, pk: Any, bind: Any) -> bool:
         mapper = inspect(cls)
         pk = tuple(pk) if isinstance(pk, tuple | list) else (pk,)
-        return self.core.store.pipeline([("DEL", self.key(bind, mapper, pk))]) is not FAILED
+        key = self.key(bind, mapper, pk, schema_map(bind))
+        return self.core.store.pipeline([("DEL", key)]) is not FAILED
 
     # write-through (``_write_through``) ----------------------------------------------------
 

@@ -8,10 +8,12 @@ share: one that wrote the table, or one reading from an older snapshot.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Mapper
 
+from ._conn_state import STATE
 from ._conninfo import ConnectionKeys
 from ._execution import _snapshot_isolated
 from ._options import CachedOption
@@ -44,8 +46,18 @@ def primary_key_get(orm_state: Any) -> tuple[Mapper[Any], tuple[Any, ...]] | Non
     return mapper, pk
 
 
+def schema_map(bind: Any) -> Mapping[str | None, str | None] | None:
+    """The ``schema_translate_map`` of an Engine (or option copy) or Connection."""
+    get = getattr(bind, "get_execution_options", None)
+    if get is None:
+        return None
+    translate: Mapping[str | None, str | None] | None = get().get("schema_translate_map")
+    return translate
+
+
 def transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
-    """True when the session's transaction wrote, or reads from an older snapshot."""
+    """True when the session's transaction wrote, reads from an older snapshot, or runs on a
+    connection whose session settings changed."""
     from ._session import CONNECTIONS
 
     for conn in session.info.get(CONNECTIONS, ()):
@@ -53,6 +65,9 @@ def transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
             continue
         info = conn.info
         if info.get(k.written) or info.get(k.committing):
+            return True
+        state = info.get(STATE)
+        if state is not None and state.blocks_any():
             return True
         if info.get(k.tx_used) and _snapshot_isolated(conn):
             return True

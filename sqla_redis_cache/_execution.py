@@ -2,8 +2,12 @@
 
 Reads
     A statement opted in with ``cached()`` carries a :class:`~._options.CacheDirective` in its
-    execution options.  The ``do_execute`` dialect event sees it at the last moment before the
-    cursor runs: after the session's autoflush, with the final SQL string and DBAPI parameters.
+    execution options, put there by the session wiring.  On an engine attached by itself
+    (``attach(engine)``), statements no session wiring has seen (sessions not attached, Core
+    connections) are read for the ``cached()`` option itself, in the statement being executed
+    (``invoked_statement``: the compiled statement may be shared with executions that lack the
+    option).  The ``do_execute`` dialect event sees it at the last moment before the cursor
+    runs: after the session's autoflush, with the final SQL string and DBAPI parameters.
     A hit swaps the execution context's cursor for a :class:`~._cursor.CachedCursor` over the
     cached raw rows and tells SQLAlchemy the statement ran; SQLAlchemy then builds the result
     exactly as from the database.  A miss runs the real cursor, stores its rows, and serves
@@ -26,7 +30,14 @@ Writes
 Snapshot isolation
     Under REPEATABLE READ / SERIALIZABLE a transaction reads from a snapshot taken at its first
     statement, possibly older than the version tokens read now; such reads after the first
-    statement bypass the cache rather than store an old snapshot under new tokens.
+    statement bypass the cache rather than store an old snapshot under new tokens.  The level
+    may be set on the engine or connection, or in SQL (``SET TRANSACTION ...``, ``BEGIN
+    ISOLATION LEVEL ...``, session defaults): ``_conn_state`` tracks the latter.
+
+Identity
+    The key names the database behind the connection (``_identity``); a connection whose
+    session settings changed at run time (``SET search_path``, roles, temporary tables) reads
+    around the cache (``_conn_state``).
 """
 
 from __future__ import annotations
@@ -36,12 +47,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine.default import NO_CACHE_KEY
 
 from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
+from ._conn_state import STATE, might_change_state, observe
 from ._core_commit import autocommitting
 from ._cursor import CachedCursor
 from ._fkgraph import ForeignKeyGraphs
+from ._identity import base_engine, connection_identity, engine_identity
 from ._keys import UnkeyableParameter
 from ._listeners import Listeners
-from ._options import CacheDirective
+from ._options import SESSION_WIRED, CacheDirective, CachedOption
 from ._rows import decode_result, encode_result, immutable_rows
 from ._sqlwrites import analyse_sql
 
@@ -56,6 +69,9 @@ _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
 
 
 def _snapshot_isolated(conn: Any) -> bool:
+    state = conn.info.get(STATE)
+    if state is not None and (state.tx_snapshot or state.snapshot):
+        return True
     dialect = conn.dialect
     if dialect.name == "sqlite":  # pysqlite does not BEGIN before SELECT
         return False
@@ -71,14 +87,18 @@ def detached(engine: Any, statement: str, parameters: Any) -> Any:
     """A builder for refresh-ahead that runs ``statement`` on its own pooled connection.
 
     None for async drivers, whose connections cannot be used from a plain thread (the lock
-    winner then refreshes inline).
+    winner then refreshes inline), and for databases that exist per connection.  A pooled
+    connection whose session settings changed refuses to refresh (its rows are not shared).
     """
-    if engine.dialect.is_async:
+    if engine.dialect.is_async or engine_identity(engine) is None:
         return None
 
     def build() -> tuple[Any, list[Any]]:
         raw = engine.raw_connection()
         try:
+            state = raw.info.get(STATE)
+            if state is not None and state.blocks_any():
+                raise RuntimeError("the pooled connection's session settings were changed")
             cursor = raw.cursor()
             try:
                 if parameters is None:
@@ -93,6 +113,17 @@ def detached(engine: Any, statement: str, parameters: Any) -> Any:
             raw.close()  # back to the pool, which rolls back
 
     return build
+
+
+def cached_option(context: Any) -> CacheDirective | None:
+    """The ``cached()`` option of the statement being executed, when no session wiring
+    translated it (a Session or Core connection on an engine attached by itself)."""
+    options = getattr(getattr(context, "invoked_statement", None), "_with_options", None)
+    if options:
+        for option in options:
+            if isinstance(option, CachedOption):
+                return option.payload
+    return None
 
 
 class EngineHooks(Listeners):
@@ -110,14 +141,29 @@ class EngineHooks(Listeners):
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         directive: CacheDirective | None = context.execution_options.get(self.option_key)
         if directive is None:
-            return False
+            directive = self._engine_directive(context)
+            if directive is None:
+                return False
         return self._serve(cursor, statement, parameters, context, directive)
 
     def do_execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
         directive: CacheDirective | None = context.execution_options.get(self.option_key)
         if directive is None:
-            return False
+            directive = self._engine_directive(context)
+            if directive is None:
+                return False
         return self._serve(cursor, statement, None, context, directive)
+
+    def _engine_directive(self, context: Any) -> CacheDirective | None:
+        """The ``cached()`` option of a statement no session wiring has seen, on an engine
+        attached by itself; None otherwise."""
+        explicit = self.core.explicit_engines
+        if not explicit or SESSION_WIRED in context.execution_options:
+            return None
+        directive = cached_option(context)
+        if directive is None or base_engine(context.root_connection.engine) not in explicit:
+            return None
+        return directive
 
     def _serve(
         self,
@@ -153,12 +199,16 @@ class EngineHooks(Listeners):
         ):
             stats.bypasses += 1
             return False
+        state = info.get(STATE)
+        if state is not None and state.blocks(tables):
+            stats.bypasses += 1
+            return False
         if info.get(self.k.tx_used) and _snapshot_isolated(conn):
             stats.bypasses += 1
             return False
         keys = core.keys
         try:
-            key = keys.query(keys.engine_id(conn.engine), statement, parameters)
+            key = keys.query(connection_identity(conn, info), statement, parameters)
         except UnkeyableParameter:
             stats.uncacheable += 1
             return False
@@ -216,6 +266,11 @@ class EngineHooks(Listeners):
         info[self.k.tx_used] = True
         if context is None:
             return
+        # session state: textual SQL and DDL, or set_config() in a statement that really ran
+        if (context.is_text or context.isddl) or (
+            not getattr(context.cursor, "hit", False) and might_change_state(statement)
+        ):
+            observe(conn, info, statement, context.dialect.name, autocommitting(conn))
         if context.isinsert or context.isupdate or context.isdelete:
             tables, truncated = written_tables(context), _NONE
         elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
@@ -264,6 +319,9 @@ class EngineHooks(Listeners):
     def commit(self, conn: Any) -> None:
         info = conn.info
         info.pop(self.k.tx_used, None)
+        state = info.get(STATE)
+        if state is not None:
+            state.commit()
         written = info.pop(self.k.written, None)
         if written:
             info.setdefault(self.k.committing, set()).update(written)
@@ -274,6 +332,14 @@ class EngineHooks(Listeners):
         info = conn.info
         for key in (self.k.written, self.k.committing, self.k.tx_used):
             info.pop(key, None)
+        state = info.get(STATE)
+        if state is not None:
+            state.rollback()
+
+    def rollback_savepoint(self, conn: Any, name: str, context: Any) -> None:
+        state = conn.info.get(STATE)
+        if state is not None:  # a reset inside the savepoint is undone
+            state.pending.clear()
 
     EVENTS = (
         "do_execute",
@@ -282,4 +348,5 @@ class EngineHooks(Listeners):
         "begin",
         "commit",
         "rollback",
+        "rollback_savepoint",
     )

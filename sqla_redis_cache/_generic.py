@@ -9,9 +9,12 @@ the entry); ``get_or_set`` knows the tags up front and reads everything in one.
 Keys and tags are literal strings everywhere (glob characters included) except in
 ``delete_pattern``, whose argument is a Redis glob relative to the namespace.
 
-Bad input raises before anything is written: a value the codec cannot encode is a TypeError,
-one whose entry exceeds ``max_entry_bytes`` a ValueError (``get_or_set`` raises them too, after
-running the creator, rather than silently caching nothing).
+Bad input raises before anything is written: a TTL that is not a finite number of seconds
+between 1 ms and ten years is a ValueError (``get_or_set`` checks it before running the
+creator), a value the codec cannot encode or that would not read back as stored (a dict keyed by
+tuples: msgpack returns the keys as lists) is a TypeError, one whose entry exceeds
+``max_entry_bytes`` a ValueError (``get_or_set`` raises them too, after running the creator,
+rather than silently caching nothing).  With a secret such values travel pickled instead.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
+from ._config import seconds
 from ._options import _clean
 from ._store import FAILED
 from ._versions import Versions
@@ -38,9 +42,7 @@ def _deps(core: Core, tags: Sequence[str]) -> list[str]:
 
 def _ttl(core: Core, ttl: float | None, region: str | None) -> float:
     if ttl is not None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
-        return ttl
+        return seconds("ttl", ttl)
     return core.config.region(region).ttl
 
 
@@ -54,7 +56,7 @@ def seal_value(
     core: Core, stamps: bytes, tags: Sequence[str], value: Any, compress: bool | str | None
 ) -> bytes:
     try:
-        return core.codec.seal(stamps, [list(tags), value], compress=compress)
+        return core.codec.seal(stamps, [list(tags), value], compress=compress, verify=True)
     except Unencodable as exc:
         raise _bad_value(f"value of type {type(value).__qualname__}", exc) from exc
 

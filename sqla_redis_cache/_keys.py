@@ -3,8 +3,9 @@
 Every key starts with ``<namespace>:`` so applications can share a Redis and ``clear()`` touches
 only its own keys.  The layout (see docs/deployment.md for slots):
 
-- ``ns:q:<digest>``   a cached query result: digest of database identity + driver, final SQL and
-  the DBAPI parameters exactly as the driver would receive them;
+- ``ns:q:<digest>``   a cached query result: digest of database identity (``_identity``: driver,
+  where and as whom it connects, every connect parameter that can change results), final SQL
+  and the DBAPI parameters exactly as the driver would receive them;
 - ``ns:k:<key>``      a generic value (the seed guide's key/value API);
 - ``ns:t:<table>``    the version token of a table; ``ns:g:<tag>`` of a tag; ``ns:all`` of
   the whole namespace (bumped by ``clear()`` and by writes whose target is unknown).
@@ -14,6 +15,14 @@ literal rendering) changes the key.  The driver is part of the key because cache
 DBAPI rows, whose Python types differ between drivers.  Parameters are fingerprinted only when
 every value has a faithful ``repr``; anything else makes the statement uncacheable rather than
 risk two different values sharing a key.
+
+Faithful means: the exact built-in types below (a subclass may override ``repr`` and is
+refused), whose ``repr`` keeps every distinction a database or function can see (``1`` /
+``True`` / ``1.0``, ``-0.0``, ``Decimal('1.0')`` / ``Decimal('1.00')``, ``fold``).  The one
+exception is the ``tzinfo`` of an aware datetime or time, which may be any class and may hide
+its offset from ``repr``: such values are keyed by their wall time, UTC offset, zone name and
+DST offset as well (what drivers send, and what a memoized function can observe).  A
+``tzinfo`` that fails to answer makes the value unkeyable.
 """
 
 from __future__ import annotations
@@ -22,10 +31,10 @@ import datetime
 import decimal
 import hashlib
 import uuid
-import weakref
 from typing import Any
 
 from ._drivertypes import keyable
+from ._identity import engine_identity
 
 #: types whose repr is faithful and whose values are immutable
 SAFE_SCALARS = (
@@ -48,22 +57,65 @@ class UnkeyableParameter(TypeError):
     """A bound value whose identity cannot be fingerprinted safely."""
 
 
-def _check(value: Any) -> None:
+def _check(value: Any) -> bool:
+    """Raise for unkeyable values; False when an aware datetime/time needs :class:`_Aware`."""
     kind = type(value)
-    if kind in SAFE_SCALARS:
-        return
+    if kind in _PLAIN:
+        return True
+    if kind in _CLOCKS:
+        return value.tzinfo is None  # type: ignore[no-any-return]
     if kind is tuple or kind is list:
+        plain = True
         for item in value:
-            _check(item)
-        return
+            plain = _check(item) and plain
+        return plain
     if kind is dict:
+        plain = True
         for k, v in value.items():
-            _check(k)
-            _check(v)
-        return
+            plain = _check(k) and plain
+            plain = _check(v) and plain
+        return plain
     if keyable(kind):  # a driver's UUID subclass (asyncpg), ipaddress objects (psycopg, asyncpg)
-        return
+        return True
     raise UnkeyableParameter(kind.__qualname__)
+
+
+_CLOCKS = frozenset({datetime.datetime, datetime.time})
+_PLAIN = frozenset(SAFE_SCALARS) - _CLOCKS
+
+
+class _Aware:
+    """Stands for an aware datetime/time in a fingerprint; its repr starts with ``<``, which
+    no faithful repr does, so it cannot be confused with any other value."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: datetime.datetime | datetime.time) -> None:
+        try:
+            offset, name, dst = value.utcoffset(), value.tzname(), value.dst()
+        except Exception as exc:
+            raise UnkeyableParameter(f"{type(value.tzinfo).__qualname__}: {exc}") from None
+        naive = value.replace(tzinfo=None)
+        self.text = (
+            f"<aware {naive!r} utcoffset={offset!r} tzname={name!r} dst={dst!r}"
+            f" tzinfo={value.tzinfo!r}>"
+        )
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _normalise(value: Any) -> Any:
+    kind = type(value)
+    if kind in _CLOCKS and value.tzinfo is not None:
+        return _Aware(value)
+    if kind is tuple:
+        return tuple(_normalise(item) for item in value)
+    if kind is list:
+        return [_normalise(item) for item in value]
+    if kind is dict:
+        return {_normalise(k): _normalise(v) for k, v in value.items()}
+    return value
 
 
 def fingerprint_parameters(parameters: Any) -> str:
@@ -72,29 +124,30 @@ def fingerprint_parameters(parameters: Any) -> str:
         return ""
     if isinstance(parameters, memoryview):
         parameters = bytes(parameters)
-    _check(parameters)
-    return repr(parameters)
+    if _check(parameters):
+        return repr(parameters)
+    return repr(_normalise(parameters))
 
 
 class KeyBuilder:
     """Builds the namespaced keys of one cache."""
 
-    __slots__ = ("_engine_ids", "all_key", "prefix")
+    __slots__ = ("all_key", "prefix")
 
     def __init__(self, namespace: str) -> None:
         self.prefix = namespace + ":"
         self.all_key = self.prefix + "all"
-        self._engine_ids: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
-    def engine_id(self, engine: Any) -> bytes:
-        ident = self._engine_ids.get(engine)
+    @staticmethod
+    def engine_id(engine: Any) -> bytes:
+        """The identity of ``engine``'s database (``_identity``), for keys made without a
+        connection (the entity cache); a database per connection cannot have one."""
+        ident = engine_identity(engine)
         if ident is None:
-            url = engine.url
-            ident = (
-                f"{engine.dialect.name}+{engine.dialect.driver}://{url.host or ''}:"
-                f"{url.port or ''}/{url.database or ''}"
-            ).encode()
-            self._engine_ids[engine] = ident
+            raise UnkeyableParameter(
+                "an in-memory SQLite database exists per connection: its entities cannot be "
+                "cached (use a StaticPool or a shared-cache URI)"
+            )
         return ident
 
     def query(self, engine_id: bytes, statement: str, parameters: Any) -> str:

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from sqlalchemy.orm import UserDefinedOption
 
 from ._codec import COMPRESSORS
+from ._config import seconds
+
+#: execution option set by every cache's session wiring on the ORM statements it has seen, so
+#: that the engine-level reading of ``cached()`` (``attach(engine)``) leaves them alone
+SESSION_WIRED = "sqla_redis_cache.session_wired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +82,10 @@ def cached(
     :param refresh_after: soft TTL in seconds: past it, one caller refreshes the entry in the
         background while the others keep getting it (refresh-ahead).
     """
-    if ttl is not None and ttl <= 0:
-        raise ValueError("ttl must be positive")
-    if refresh_after is not None and refresh_after <= 0:
-        raise ValueError("refresh_after must be positive")
+    if ttl is not None:
+        ttl = seconds("ttl", ttl)
+    if refresh_after is not None:
+        refresh_after = seconds("refresh_after", refresh_after)
     if compress is not None and not isinstance(compress, bool | str):
         raise TypeError("compress must be None, a bool or a compressor name")
     if isinstance(compress, str) and compress not in COMPRESSORS:

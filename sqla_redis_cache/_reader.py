@@ -252,8 +252,12 @@ class _Fill(Generic[T]):
         if stamps is None:
             return created
         try:
-            entry = reader.codec.seal(
-                stamps, self.encode(value), compress=self.compress, created=created
+            entry = reader.codec.seal(  # values from user code (strict) must read back
+                stamps,
+                self.encode(value),
+                compress=self.compress,
+                created=created,
+                verify=self.strict,
             )
         except Unencodable:
             reader.stats.uncacheable += 1

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._listeners import Listeners
-from ._options import CachedOption
+from ._options import SESSION_WIRED, CachedOption
 
 if TYPE_CHECKING:
     from ._core import Core
@@ -50,7 +50,9 @@ class SessionHooks(Listeners):
                 served = self.core.entities.try_get(state, option)  # session.get()
                 if served is not None:
                     return served
-                state.update_execution_options(**{self.option_key: option.payload})
+                state.update_execution_options(
+                    **{self.option_key: option.payload, SESSION_WIRED: True}
+                )
                 return None
         return None
 

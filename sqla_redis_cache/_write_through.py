@@ -42,6 +42,8 @@ from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper
 
+from ._conn_state import tainted
+from ._entity_get import schema_map
 from ._execution import ALL_TABLES, _snapshot_isolated
 from ._keys import UnkeyableParameter
 from ._listeners import Listeners
@@ -111,6 +113,10 @@ class WriteThrough(Listeners):
             conn = conns.get(mapper)
             if conn is None:
                 conn = conns[mapper] = session.connection(bind_arguments={"mapper": mapper})
+            # tenant schemas, changed session settings: the row may not be the shared one,
+            # so it is only invalidated (its tables' tokens), never written through
+            if schema_map(conn) or tainted(conn.engine):
+                continue
             try:
                 key = entities.key(conn.engine, mapper, identity[1])
             except UnkeyableParameter:
