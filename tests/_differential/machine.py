@@ -1,0 +1,472 @@
+"""The state machine: random writes through every path, each cached read checked against the
+database.
+
+Every cached read runs in a fresh session of side A or B and is compared with the same read
+on the reference engine; inside an open transaction, with what that transaction's own
+connection returns (read-your-own-writes).  After every write, commit and rollback the most
+recent reads are checked again (a stale entry only shows when the same thing is read before
+another write to the table replaces its token), and each run ends by reading its recent
+reads and the entities it wrote through both sides.
+
+The database is the model: nothing here predicts values, so a write that fails (a foreign key,
+a lock held by the other open transaction, a row deleted meanwhile) is rolled back and the run
+goes on.  A divergence raises :class:`Divergence` with the numbered steps of the run;
+Hypothesis then shrinks the run and prints the minimal one with its reproduction blob.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, ClassVar
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
+
+from sqla_redis_cache import cached
+
+from .common import Pool, gated_faults, plain
+from .env import Divergence, Env, Frame, OpenTx, Side, expected_failure, short
+from .reads import SHAPES, Extract, ReadShape
+from .schema import seed
+from .writes import PATHS, DrawContext, Target, WritePath
+
+WRITE_THROUGH = "entity_write_through_values"
+RELEASE_PUBLISHES = "entity_published_at_savepoint_release"
+_BY_NAME = {s.name: s for s in SHAPES}
+#: the shapes the end of a run reads for every entity id it wrote
+_ENTITY_CHECKS = {"users": "get_user", "items": "get_item", "tenants": "get_tenant"}
+
+
+class DifferentialMachine(RuleBasedStateMachine):
+    env: ClassVar[Env]
+    totals: ClassVar[dict[str, int]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        env = self.env
+        self.dialect = env.dialect
+        self.gates = gated_faults()
+        seed(env.ref)
+        namespace = "d" + uuid.uuid4().hex[:12]
+        self.a = env.side("A", namespace)
+        self.b = env.side("B", namespace)
+        self.pool = Pool()
+        self.txs: list[OpenTx] = []
+        self.tx_count = 0
+        self.log: list[str] = []
+        self.recent: dict[str, tuple[ReadShape, dict[str, Any]]] = {}
+        self.paths = [
+            p
+            for p in PATHS
+            if self.dialect in p.dialects and (p.fault is None or p.fault not in self.gates)
+        ]
+        self.tx_shapes = [
+            s
+            for s in SHAPES
+            if not (s.reads_rule_target and "write_rules_in_transaction" in self.gates)
+        ]
+        self.max_open = 2 if self.dialect == "postgresql" else 1
+
+    # bookkeeping ---------------------------------------------------------------------------
+
+    def note(self, line: str) -> None:
+        self.log.append(f"{len(self.log) + 1:3d}. {line}")
+
+    def count(self, key: str) -> None:
+        self.totals[key] = self.totals.get(key, 0) + 1
+
+    def diverged(self, what: str, got: Any, expected: Any) -> None:
+        self.count("divergences")
+        steps = "\n".join(self.log)
+        raise Divergence(
+            f"{what}\n  cached:   {got!r}\n  database: {expected!r}\n"
+            f"steps ({self.dialect}; A and B are two caches on one namespace):\n{steps}"
+        )
+
+    def side(self, data: st.DataObject) -> Side:
+        return data.draw(st.sampled_from([self.a, self.b]), label="side")
+
+    def sqlite_locked(self) -> bool:
+        return self.dialect == "sqlite" and any(t.wrote and not t.idle for t in self.txs)
+
+    def active(self) -> list[OpenTx]:
+        return [t for t in self.txs if not t.idle]
+
+    def committed(self, tables: set[str] | frozenset[str], by: OpenTx | None = None) -> None:
+        for tx in self.active():
+            if tx is not by:
+                tx.committed_by_others |= tables
+
+    @invariant()
+    def counted(self) -> None:
+        self.count("steps")  # runs after every step (and once after __init__)
+
+    # reads ---------------------------------------------------------------------------------
+
+    def compare(self, side: Side, shape: ReadShape, p: dict[str, Any], how: str) -> None:
+        before = side.cache.stats()
+        with side.sessions() as s:
+            got = plain(shape.run(s, p, (cached(),), Extract()))
+        after = side.cache.stats()
+        outcome = "hit" if after.hits > before.hits else "miss"
+        if after.hits == before.hits and after.misses == before.misses:
+            outcome = "bypass"
+        self.count(f"read_{outcome}")
+        self.count(f"shape:{shape.name}")
+        with self.env.ref_sessions() as s:
+            expected = plain(shape.run(s, p, (), Extract()))
+        if shape.unordered:
+            got, expected = sorted(got, key=repr), sorted(expected, key=repr)
+        self.note(f"{how}{shape.name} {p} via {side.label}: {outcome}")
+        if got != expected:
+            self.diverged(f"{shape.name} {p} via {side.label} ({outcome})", got, expected)
+
+    def remember(self, shape: ReadShape, p: dict[str, Any]) -> None:
+        key = f"{shape.name} {p}"
+        self.recent.pop(key, None)
+        self.recent[key] = (shape, p)
+        if len(self.recent) > 8:
+            del self.recent[next(iter(self.recent))]
+
+    def check_recent(self, n: int = 4) -> None:
+        """Read the latest reads again, through the side whose turn it is."""
+        side = self.a if len(self.log) % 2 else self.b
+        for shape, p in list(self.recent.values())[-n:]:
+            self.compare(side, shape, p, "  check ")
+
+    @rule(data=st.data())
+    def read(self, data: st.DataObject) -> None:
+        shape = data.draw(st.sampled_from(SHAPES), label="shape")
+        p = shape.draw(data.draw, self.pool)
+        self.remember(shape, p)
+        self.compare(self.side(data), shape, p, "read ")
+
+    @precondition(lambda self: bool(self.recent))
+    @rule(data=st.data())
+    def reread(self, data: st.DataObject) -> None:
+        shape, p = data.draw(st.sampled_from(list(self.recent.values())), label="recent")
+        self.compare(self.side(data), shape, p, "read ")
+
+    def readable(self) -> list[OpenTx]:
+        return [
+            t
+            for t in self.active()
+            if t.session is not None
+            and not (
+                self.dialect == "sqlite"
+                and t.committed_by_others
+                and "sqlite_wal_snapshot" in self.gates
+            )
+        ]
+
+    @precondition(lambda self: bool(self.readable()))
+    @rule(data=st.data())
+    def tx_read(self, data: st.DataObject) -> None:
+        tx = data.draw(st.sampled_from(self.readable()), label="tx")
+        shape = data.draw(st.sampled_from(self.tx_shapes), label="shape")
+        self.read_in(tx, data, shape, shape.draw(data.draw, self.pool))
+
+    @precondition(lambda self: bool(self.readable()) and bool(self.recent))
+    @rule(data=st.data())
+    def tx_reread(self, data: st.DataObject) -> None:
+        """A recent read, likely cached: does the transaction bypass what it must?"""
+        tx = data.draw(st.sampled_from(self.readable()), label="tx")
+        recent = [(s, p) for s, p in self.recent.values() if s in self.tx_shapes]
+        if recent:
+            shape, p = data.draw(st.sampled_from(recent), label="recent")
+            self.read_in(tx, data, shape, p)
+
+    def read_in(self, tx: OpenTx, data: st.DataObject, shape: ReadShape, p: dict[str, Any]) -> None:
+        s = tx.session
+        assert s is not None
+        if shape.get is not None and identity_key(shape.get[0], p[shape.get[1]]) in s.identity_map:
+            self.note(f"in {tx}: {shape.name} {p}: skipped, already in the identity map")
+            return
+        x = Extract(full=shape.get is not None, nested=False)
+        if not tx.pinned and data.draw(st.integers(0, 3), label="snapshot now unless >0") == 0:
+            self.pin(tx)
+        try:
+            got = plain(shape.run(s, p, (cached(),), x))
+            if not tx.pinned:  # checked once the snapshot is certainly taken
+                tx.unpinned.append((shape, p, got, len(self.log) + 1))
+                self.note(f"in {tx}: read {shape.name} {p} (before any statement)")
+                return
+            with Session(bind=s.connection()) as own_view:
+                expected = plain(shape.run(own_view, p, (), x))
+        except Exception as exc:
+            if not expected_failure(exc):
+                raise
+            self.note(f"in {tx}: {shape.name} {p}: autoflush failed ({short(exc)})")
+            self.end_tx(tx, commit=False, why="after the failed autoflush")
+            return
+        if shape.unordered:
+            got, expected = sorted(got, key=repr), sorted(expected, key=repr)
+        self.count("tx_reads")
+        self.note(f"in {tx}: read {shape.name} {p}")
+        if got != expected:
+            self.diverged(f"in {tx}: {shape.name} {p} (its own view)", got, expected)
+
+    def pin(self, tx: OpenTx) -> None:
+        """Take a snapshot-isolated transaction's snapshot (a plain read on its connection)
+        and check that what it read from the cache before is what that snapshot holds: the
+        first statement of the transaction would have taken it without a cache."""
+        if tx.pinned:
+            return
+        tx.pinned = True
+        assert tx.session is not None
+        with Session(bind=tx.session.connection()) as own_view:
+            for shape, p, seen, step in tx.unpinned:
+                x = Extract(full=shape.get is not None, nested=False)
+                got, expected = seen, plain(shape.run(own_view, p, (), x))
+                if shape.unordered:
+                    got, expected = sorted(got, key=repr), sorted(expected, key=repr)
+                self.note(f"in {tx}: snapshot taken; step {step} {shape.name} {p} checked")
+                if got != expected:
+                    what = f"in {tx}: {shape.name} {p} at step {step}, before its first statement"
+                    self.diverged(what, got, expected)
+        tx.unpinned.clear()
+
+    # writes --------------------------------------------------------------------------------
+
+    def draw_path(self, data: st.DataObject, kinds: set[str], tx: OpenTx | None) -> WritePath:
+        paths = [
+            p
+            for p in self.paths
+            if p.kind in kinds and (tx is None or p.in_open_tx) and self.allowed(p, tx)
+        ]
+        return data.draw(st.sampled_from(paths), label="path")
+
+    def allowed(self, path: WritePath, tx: OpenTx | None) -> bool:
+        """The gate of the entity write-through values fault: within one transaction, never
+        mix unit-of-work writes of a table with other writes reaching it, nor flush a table
+        another transaction committed meanwhile (the flush would publish stale columns)."""
+        if tx is None or WRITE_THROUGH not in self.gates:
+            return True
+        db_side = path.writes - path.flushes
+        return not (
+            db_side & tx.entity_flushed or path.flushes & (tx.db_written | tx.committed_by_others)
+        )
+
+    def params(self, data: st.DataObject, path: WritePath) -> dict[str, Any]:
+        self.pool.touching = True
+        try:
+            return path.draw(DrawContext(data.draw, self.pool, WRITE_THROUGH in self.gates))
+        finally:
+            self.pool.touching = False
+
+    @precondition(lambda self: not self.sqlite_locked())
+    @rule(data=st.data())
+    def write(self, data: st.DataObject) -> None:
+        """One write in its own transaction, committed (mostly) or rolled back."""
+        path = self.draw_path(data, {"orm", "session", "core"}, None)
+        p = self.params(data, path)
+        side = self.side(data)
+        commit = data.draw(st.integers(0, 7), label="commit unless 0") > 0
+        how = "session"
+        if path.kind == "core":
+            how = data.draw(st.sampled_from(["session", "begin", "autocommit"]), label="how")
+        autoflush = data.draw(st.booleans(), label="autoflush") if how == "session" else True
+        end = "commit" if commit or how == "autocommit" else "rollback"
+        desc = f"write {path.name} {p} via {side.label} {how}"
+        desc += f" (autoflush={autoflush})" if how == "session" else ""
+        try:
+            if how == "session":
+                with side.sessions(autoflush=autoflush) as s:
+                    result = path.run(Target(self.dialect, session=s), p)
+                    s.commit() if commit else s.rollback()
+            elif how == "begin":
+                with side.engine.connect() as conn:
+                    conn.begin()
+                    result = path.run(Target(self.dialect, conn=conn), p)
+                    conn.commit() if commit else conn.rollback()
+            else:
+                auto = side.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                with auto as conn:
+                    result = path.run(Target(self.dialect, conn=conn), p)
+        except Exception as exc:
+            if not expected_failure(exc):
+                raise
+            self.count("writes_failed")
+            self.note(f"{desc}: failed, rolled back ({short(exc)})")
+        else:
+            self.count("writes")
+            self.count(f"path:{path.name}")
+            if end == "commit":
+                self.committed(path.writes)
+            self.note(f"{desc}: {result}, {end}")
+        self.check_recent()
+
+    # open transactions ---------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.active()) < self.max_open)
+    @rule(data=st.data())
+    def open_tx(self, data: st.DataObject) -> None:
+        side = self.side(data)
+        self.tx_count += 1
+        if data.draw(st.integers(0, 3), label="core unless >0") == 0:
+            conn = side.engine.connect()
+            conn.begin()
+            tx = OpenTx(self.tx_count, side, conn=conn)
+        else:
+            autoflush = data.draw(st.booleans(), label="autoflush")
+            s = side.sessions(autoflush=autoflush)
+            tx = OpenTx(self.tx_count, side, session=s, autoflush=autoflush)
+            if self.dialect == "postgresql":
+                isolations = ["", "REPEATABLE READ", "SERIALIZABLE"]
+                if "set_transaction_isolation" not in self.gates:
+                    isolations.append("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                tx.isolation = data.draw(st.sampled_from(isolations), label="isolation")
+                if tx.isolation.startswith("SET"):
+                    s.execute(text(tx.isolation))
+                elif tx.isolation:
+                    s.connection(execution_options={"isolation_level": tx.isolation})
+                tx.pinned = not tx.isolation
+        self.txs.append(tx)
+        self.note(f"open {tx}")
+
+    def draw_tx(self, data: st.DataObject, sessions_only: bool = False) -> OpenTx:
+        txs = [t for t in self.active() if t.session is not None or not sessions_only]
+        return data.draw(st.sampled_from(txs), label="tx")
+
+    def failed(self, tx: OpenTx, what: str, exc: Exception) -> None:
+        if not expected_failure(exc):
+            raise exc
+        self.note(f"in {tx}: {what} failed ({short(exc)})")
+        self.end_tx(tx, commit=False, why=f"after the failed {what}")
+
+    @precondition(lambda self: bool(self.active()))
+    @rule(data=st.data())
+    def tx_write(self, data: st.DataObject) -> None:
+        tx = self.draw_tx(data)
+        kinds = {"core"} if tx.session is None else {"orm", "session", "core"}
+        path = self.draw_path(data, kinds, tx)
+        p = self.params(data, path)
+        self.pin(tx)
+        tx.wrote = True
+        try:
+            result = path.run(tx.target(self.dialect), p)
+        except Exception as exc:
+            self.failed(tx, f"write {path.name} {p}", exc)
+            return
+        self.count("writes")
+        self.count(f"path:{path.name}")
+        for flushed in (tx.entity_flushed, *(f.entity_flushed for f in tx.frames)):
+            flushed.update(path.flushes)
+        tx.db_written |= path.writes - path.flushes
+        self.note(f"in {tx}: write {path.name} {p}: {result}")
+        self.check_recent(2)  # nobody else sees it
+
+    @precondition(lambda self: any(t.session is not None for t in self.active()))
+    @rule(data=st.data())
+    def tx_flush(self, data: st.DataObject) -> None:
+        tx = self.draw_tx(data, sessions_only=True)
+        assert tx.session is not None
+        self.pin(tx)
+        try:
+            tx.session.flush()
+        except Exception as exc:
+            self.failed(tx, "flush", exc)
+            return
+        self.note(f"in {tx}: flush")
+
+    @precondition(lambda self: any(len(t.frames) < 2 for t in self.active()))
+    @rule(data=st.data())
+    def tx_savepoint(self, data: st.DataObject) -> None:
+        tx = data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2]))
+        self.pin(tx)
+        try:  # a Session flushes pending changes first
+            handle = tx.session.begin_nested() if tx.session else tx.conn.begin_nested()  # type: ignore[union-attr]
+        except Exception as exc:
+            self.failed(tx, "SAVEPOINT", exc)
+            return
+        tx.frames.append(Frame(handle))
+        self.note(f"in {tx}: SAVEPOINT (depth {len(tx.frames)})")
+
+    @precondition(lambda self: any(t.frames for t in self.active()))
+    @rule(data=st.data())
+    def tx_end_savepoint(self, data: st.DataObject) -> None:
+        tx = data.draw(st.sampled_from([t for t in self.active() if t.frames]), label="tx")
+        frame = tx.frames[-1]
+        rollback = data.draw(st.booleans(), label="rollback")
+        if rollback and frame.entity_flushed and WRITE_THROUGH in self.gates:
+            rollback = False  # gated: write-through would publish the rolled-back flush
+        if not rollback and tx.entity_flushed and RELEASE_PUBLISHES in self.gates:
+            if frame.entity_flushed and WRITE_THROUGH in self.gates:
+                self.note(f"in {tx}: savepoint kept (both ways out are gated)")
+                return
+            rollback = True  # gated: releasing would write the tx's entities through now
+        try:
+            frame.handle.rollback() if rollback else frame.handle.commit()
+        except Exception as exc:
+            self.failed(tx, "RELEASE SAVEPOINT", exc)
+            return
+        tx.frames.pop()
+        self.note(f"in {tx}: {'ROLLBACK TO' if rollback else 'RELEASE'} SAVEPOINT")
+
+    @precondition(lambda self: bool(self.active()))
+    @rule(data=st.data())
+    def tx_end(self, data: st.DataObject) -> None:
+        tx = self.draw_tx(data)
+        self.pin(tx)
+        self.end_tx(tx, commit=data.draw(st.integers(0, 3), label="commit unless 0") > 0)
+
+    def end_tx(self, tx: OpenTx, *, commit: bool, why: str = "") -> None:
+        outcome = "commit" if commit else "rollback"
+        handle: Any = tx.session if tx.session is not None else tx.conn
+        try:
+            handle.commit() if commit else handle.rollback()
+        except Exception as exc:
+            if not expected_failure(exc):
+                raise
+            outcome, commit = f"commit failed, rolled back ({short(exc)})", False
+            handle.rollback()
+        if commit:
+            self.committed(tx.db_written | tx.entity_flushed, by=tx)
+        if tx.conn is not None and commit and tx.n % 2 == 0:
+            tx.idle = True  # the connection stays open after commit(), closed by close_idle
+            outcome += ", connection left open"
+        else:
+            self.txs.remove(tx)
+            tx.close()
+        self.note(f"end {tx}: {outcome}" + (f" {why}" if why else ""))
+        self.check_recent()
+
+    @precondition(lambda self: any(t.idle for t in self.txs))
+    @rule(data=st.data())
+    def close_idle(self, data: st.DataObject) -> None:
+        tx = data.draw(st.sampled_from([t for t in self.txs if t.idle]), label="idle")
+        tx.close()
+        self.txs.remove(tx)
+        self.note(f"close {tx}")
+
+    # teardown ------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        try:
+            for tx in list(self.txs):
+                if tx.idle:
+                    tx.close()
+                    self.txs.remove(tx)
+                else:
+                    self.end_tx(tx, commit=False, why="(end of run)")
+            for shape, p in self.recent.values():
+                for side in (self.a, self.b):
+                    self.compare(side, shape, p, "final read ")
+            for n, (kind, name) in enumerate(_ENTITY_CHECKS.items()):
+                key = _BY_NAME[name].get[1]  # type: ignore[index]
+                for i, pk in enumerate(self.pool.hot.get(kind, ())):
+                    side = (self.a, self.b)[(n + i) % 2]
+                    self.compare(side, _BY_NAME[name], {key: pk}, "final read ")
+        finally:
+            trace = os.environ.get("SQLA_CACHE_DIFF_TRACE")
+            if trace:
+                with open(trace, "a") as f:
+                    f.write("\n".join(["--- run", *self.log, ""]))
+            for tx in self.txs:
+                tx.close()
+            self.a.close()
+            self.b.close()
