@@ -18,7 +18,7 @@ compared with the same read on an unattached engine; inside an open transaction,
 transaction's own view.  The database is the model.
 
 Runs and budgets
-    ``test_differential_postgresql`` (2,000+ steps) and ``test_differential_sqlite`` (600+)
+    ``test_differential_postgresql`` (2,000+ steps) and ``test_differential_sqlite`` (1,000+)
     run in every suite run.  ``SQLA_CACHE_DIFF_STEPS=20000 pytest -m slow -k soak -s`` runs
     the soak test (skipped without that variable) on both databases.
 
@@ -130,7 +130,7 @@ def test_differential_postgresql(pg_env: Env) -> None:
 
 
 def test_differential_sqlite(sqlite_env: Env) -> None:
-    _check(run_machine(sqlite_env, 600), 600)
+    _check(run_machine(sqlite_env, 1000), 1000)
 
 
 @pytest.mark.slow

@@ -41,6 +41,15 @@ KNOWN_FAULTS: dict[str, str] = {
         "Session after_commit also fires when a savepoint is released: the entities flushed "
         "so far are written through then, before the outer transaction commits or rolls back"
     ),
+    "snapshot_first_read_from_cache": (
+        "REPEATABLE READ / SERIALIZABLE: a first read served from the cache takes no snapshot; "
+        "the snapshot starts at a later statement, so the transaction sees two states"
+    ),
+    "sqlite_savepoint_release_commits": (
+        "pysqlite: a SAVEPOINT that opens the transaction (no BEGIN before it) is committed by "
+        "SQLite at its RELEASE; the cache still treats its writes as uncommitted (a later "
+        "rollback drops them, and nothing is invalidated)"
+    ),
     "sqlite_wal_snapshot": (
         "SQLite in WAL mode: a transaction that has begun (SAVEPOINT, DML) reads a snapshot; "
         "the cache neither bypasses for it nor refuses its fills, so after another commit it "

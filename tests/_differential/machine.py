@@ -30,7 +30,7 @@ from sqla_redis_cache import cached
 
 from .common import Pool, gated_faults, plain
 from .env import Divergence, Env, Frame, OpenTx, Side, expected_failure, short
-from .reads import SHAPES, Extract, ReadShape
+from .reads import CANARIES, SHAPES, Extract, ReadShape
 from .schema import seed
 from .writes import PATHS, DrawContext, Target, WritePath
 
@@ -57,6 +57,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.pool = Pool()
         self.txs: list[OpenTx] = []
         self.tx_count = 0
+        self.commits = 0
         self.log: list[str] = []
         self.recent: dict[str, tuple[ReadShape, dict[str, Any]]] = {}
         self.paths = [
@@ -97,6 +98,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         return [t for t in self.txs if not t.idle]
 
     def committed(self, tables: set[str] | frozenset[str], by: OpenTx | None = None) -> None:
+        self.commits += 1
         for tx in self.active():
             if tx is not by:
                 tx.committed_by_others |= tables
@@ -104,6 +106,8 @@ class DifferentialMachine(RuleBasedStateMachine):
     @invariant()
     def counted(self) -> None:
         self.count("steps")  # runs after every step (and once after __init__)
+        for tx in self.active():
+            self.observe(tx)
 
     # reads ---------------------------------------------------------------------------------
 
@@ -132,10 +136,11 @@ class DifferentialMachine(RuleBasedStateMachine):
         if len(self.recent) > 8:
             del self.recent[next(iter(self.recent))]
 
-    def check_recent(self, n: int = 4) -> None:
-        """Read the latest reads again, through the side whose turn it is."""
+    def check_recent(self, n: int = 3, canaries: bool = True) -> None:
+        """Read every table and the latest reads again, through the side whose turn it is."""
         side = self.a if len(self.log) % 2 else self.b
-        for shape, p in list(self.recent.values())[-n:]:
+        checks = [(c, {}) for c in CANARIES] if canaries else []
+        for shape, p in [*checks, *list(self.recent.values())[-n:]]:
             self.compare(side, shape, p, "  check ")
 
     @rule(data=st.data())
@@ -152,16 +157,24 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.compare(self.side(data), shape, p, "read ")
 
     def readable(self) -> list[OpenTx]:
-        return [
-            t
-            for t in self.active()
-            if t.session is not None
-            and not (
-                self.dialect == "sqlite"
-                and t.committed_by_others
-                and "sqlite_wal_snapshot" in self.gates
-            )
-        ]
+        return [t for t in self.active() if t.session is not None and not self.wal_gated(t)]
+
+    def wal_gated(self, tx: OpenTx) -> bool:
+        """Gate of "sqlite_wal_snapshot": the transaction's snapshot predates a commit."""
+        since = tx.sqlite_since
+        return since is not None and self.commits > since and "sqlite_wal_snapshot" in self.gates
+
+    def observe(self, tx: OpenTx) -> None:
+        """Note when SQLite really began the transaction (pysqlite BEGINs at the first DML,
+        SQLite itself at a SAVEPOINT); others can commit later only if it holds no write."""
+        if self.dialect != "sqlite":
+            return
+        conn = tx.session.connection() if tx.session is not None else tx.conn
+        assert conn is not None
+        if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            tx.sqlite_since = None
+        elif tx.sqlite_since is None:
+            tx.sqlite_since = self.commits
 
     @precondition(lambda self: bool(self.readable()))
     @rule(data=st.data())
@@ -179,6 +192,25 @@ class DifferentialMachine(RuleBasedStateMachine):
         if recent:
             shape, p = data.draw(st.sampled_from(recent), label="recent")
             self.read_in(tx, data, shape, p)
+
+    @precondition(lambda self: bool(self.readable()) and not self.sqlite_locked())
+    @rule(data=st.data())
+    def tx_interleave(self, data: st.DataObject) -> None:
+        """Read in an open transaction, commit elsewhere, read the same again: the second
+        read must show what the transaction's isolation shows, not what the cache holds."""
+        tx = data.draw(st.sampled_from(self.readable()), label="tx")
+        recent = [(s, p) for s, p in self.recent.values() if s in self.tx_shapes]
+        if recent and data.draw(st.booleans(), label="a recent read"):
+            shape, p = data.draw(st.sampled_from(recent), label="recent")
+        else:
+            shape = data.draw(st.sampled_from(self.tx_shapes), label="shape")
+            p = shape.draw(data.draw, self.pool)
+        self.read_in(tx, data, shape, p)
+        if tx in self.txs and not self.sqlite_locked():
+            self.write(data)
+            self.observe(tx)
+            if tx in self.readable():
+                self.read_in(tx, data, shape, p)
 
     def read_in(self, tx: OpenTx, data: st.DataObject, shape: ReadShape, p: dict[str, Any]) -> None:
         s = tx.session
@@ -325,8 +357,14 @@ class DifferentialMachine(RuleBasedStateMachine):
                 elif tx.isolation:
                     s.connection(execution_options={"isolation_level": tx.isolation})
                 tx.pinned = not tx.isolation
+                if tx.isolation and "snapshot_first_read_from_cache" in self.gates:
+                    s.execute(text("SELECT 1"))  # gated: take the snapshot before any read
+                    tx.pinned = True
         self.txs.append(tx)
         self.note(f"open {tx}")
+        recent = [(s, p) for s, p in self.recent.values() if s in self.tx_shapes]
+        if not tx.pinned and recent and data.draw(st.booleans(), label="first read cached"):
+            self.read_in(tx, data, *data.draw(st.sampled_from(recent), label="recent"))
 
     def draw_tx(self, data: st.DataObject, sessions_only: bool = False) -> OpenTx:
         txs = [t for t in self.active() if t.session is not None or not sessions_only]
@@ -358,7 +396,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             flushed.update(path.flushes)
         tx.db_written |= path.writes - path.flushes
         self.note(f"in {tx}: write {path.name} {p}: {result}")
-        self.check_recent(2)  # nobody else sees it
+        self.check_recent(2, canaries=False)  # nobody else sees it
 
     @precondition(lambda self: any(t.session is not None for t in self.active()))
     @rule(data=st.data())
@@ -378,6 +416,11 @@ class DifferentialMachine(RuleBasedStateMachine):
     def tx_savepoint(self, data: st.DataObject) -> None:
         tx = data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2]))
         self.pin(tx)
+        if self.dialect == "sqlite" and "sqlite_savepoint_release_commits" in self.gates:
+            conn = tx.session.connection() if tx.session is not None else tx.conn
+            if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                self.note(f"in {tx}: SAVEPOINT skipped (gated: no BEGIN yet)")
+                return
         try:  # a Session flushes pending changes first
             handle = tx.session.begin_nested() if tx.session else tx.conn.begin_nested()  # type: ignore[union-attr]
         except Exception as exc:

@@ -24,7 +24,17 @@ from sqlalchemy import and_, exists, func, or_, select, union
 from sqlalchemy.orm import Session, joinedload, selectinload, with_polymorphic
 
 from .common import Draw, Params, Pool, pick, plain, some, tenant, user
-from .schema import Audit, Group, Item, SpecialItem, Tenant, TenantStat, User, membership
+from .schema import (
+    Audit,
+    DBase,
+    Group,
+    Item,
+    SpecialItem,
+    Tenant,
+    TenantStat,
+    User,
+    membership,
+)
 
 
 @dataclass(frozen=True)
@@ -331,3 +341,20 @@ SHAPES: list[ReadShape] = [
         "get_tenant", _get(Tenant, "t"), lambda d, pool: {"t": tenant(d, pool)}, get=(Tenant, "t")
     ),
 ]
+
+
+def _table_scan(table: Any) -> Run:
+    def run(s: Session, p: Params, opts: tuple[Any, ...], x: Extract) -> Any:
+        return _rows(s, select(table).order_by(*table.primary_key.columns), opts)
+
+    return run
+
+
+#: one read per table, of nothing else: checked after every write.  A write whose
+#: invalidation misses a table it changed shows here, whatever else it invalidated.
+CANARIES = [
+    ReadShape(f"table_{t.name}", _table_scan(t), reads_rule_target=t.name == "d_tenant_stat")
+    for t in DBase.metadata.sorted_tables
+    if t.name != "d_audit"  # its ids come from a sequence; the "audit" shape reads it
+]
+SHAPES.extend(CANARIES)
