@@ -58,6 +58,10 @@ KNOWN_FAULTS: dict[str, str] = {
 }
 
 
+WRITE_THROUGH = "entity_write_through_values"
+RELEASE_PUBLISHES = "entity_published_at_savepoint_release"
+
+
 def gated_faults() -> frozenset[str]:
     ungate = {n.strip() for n in os.environ.get("SQLA_CACHE_DIFF_UNGATE", "").split(",")}
     if "all" in ungate:
