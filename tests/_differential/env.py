@@ -1,0 +1,158 @@
+"""The machine's surroundings: the database under test, the two cache sides, open transactions.
+
+Two ``QueryCache`` instances share one namespace, each with its own engine and sessionmaker
+(both attached): side A and side B stand for two processes.  The reference engine has no
+cache attached; it reads what the database holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
+
+from sqla_redis_cache import QueryCache
+
+from .schema import RULES, create_schema, sqlite_foreign_keys
+from .writes import Target
+
+_LOCKED = ("lock", "could not serialize", "deadlock")
+
+
+class Divergence(AssertionError):
+    """A cached read returned something the database does not hold."""
+
+
+def expected_failure(exc: BaseException) -> bool:
+    """Database outcomes a real application meets and rolls back (not cache faults)."""
+    if isinstance(exc, IntegrityError | StaleDataError | ObjectDeletedError):
+        return True
+    return isinstance(exc, OperationalError) and any(w in str(exc).lower() for w in _LOCKED)
+
+
+def short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+
+
+def _lock_timeout(url: str, ms: int) -> dict[str, Any]:
+    return {"options": f"-c lock_timeout={ms}"} if url.startswith("postgresql") else {}
+
+
+class Env:
+    """One database: the reference engine (no cache) and how to build attached sides."""
+
+    def __init__(self, url: str, redis_url: str) -> None:
+        self.url = url
+        self.redis_url = redis_url
+        # never wait for long: a lock the machine itself holds would hang the run
+        self.ref = create_engine(url, connect_args=_lock_timeout(url, 5000))
+        sqlite_foreign_keys(self.ref)
+        create_schema(self.ref)
+        self.dialect = self.ref.dialect.name
+        if self.dialect == "sqlite":
+            # WAL, as most deployments run it: a transaction left open for reading does not
+            # block other writers (the rollback journal would lock them out until it ends)
+            with self.ref.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        self.ref_sessions = sessionmaker(self.ref)
+
+    def side(self, label: str, namespace: str) -> Side:
+        """A cache with its own engine and sessionmaker, both attached (one "process").
+
+        Later features (a near cache, change capture, fine-grained invalidation switches) are
+        configured here, for both sides."""
+        # a lock held by the other open transaction fails fast instead of waiting
+        engine = create_engine(self.url, connect_args=_lock_timeout(self.url, 300))
+        sqlite_foreign_keys(engine)
+        cache = QueryCache.from_url(
+            self.redis_url,
+            namespace=namespace,
+            invalidates=RULES,
+            stats_interval=0,
+            connect_timeout=2,  # a loaded machine must not make Redis fail open here
+            socket_timeout=2,
+        )
+        sessions = sessionmaker(engine)
+        cache.attach(engine)
+        cache.attach(sessions)
+        return Side(label, cache, engine, sessions)
+
+    def dispose(self) -> None:
+        self.ref.dispose()
+
+
+@dataclass
+class Side:
+    label: str
+    cache: QueryCache
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    def __repr__(self) -> str:
+        return f"side {self.label}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # Hypothesis' printer
+        printer.text(repr(self))
+
+    def close(self) -> None:
+        self.cache.clear()
+        self.cache.close()
+        self.engine.dispose()
+
+
+@dataclass
+class Frame:
+    """A savepoint of an open transaction."""
+
+    handle: Any
+    entity_flushed: set[str] = field(default_factory=set)
+
+
+@dataclass
+class OpenTx:
+    """A transaction left open across steps: a Session or a Core connection of one side."""
+
+    n: int
+    side: Side
+    session: Session | None = None
+    conn: Connection | None = None
+    autoflush: bool = True
+    isolation: str = ""
+    frames: list[Frame] = field(default_factory=list)
+    wrote: bool = False
+    idle: bool = False  # a Core connection left open after commit()
+    #: snapshot isolation: False until the transaction certainly ran a statement; the cached
+    #: reads it served before are checked against its snapshot once it is taken
+    pinned: bool = True
+    unpinned: list[tuple[Any, dict[str, Any], Any, int]] = field(default_factory=list)
+    #: SQLite: the commit count when its connection's transaction began (WAL snapshot)
+    sqlite_since: int | None = None
+    # for the known-fault gates only:
+    entity_flushed: set[str] = field(default_factory=set)
+    db_written: set[str] = field(default_factory=set)
+    committed_by_others: set[str] = field(default_factory=set)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # Hypothesis' printer
+        printer.text(repr(self))
+
+    def __str__(self) -> str:
+        if self.session is None:
+            return f"tx{self.n}[{self.side.label} core connection]"
+        flags = f"autoflush={self.autoflush}" + (f", {self.isolation}" if self.isolation else "")
+        return f"tx{self.n}[{self.side.label} session, {flags}]"
+
+    def target(self, dialect: str) -> Target:
+        return Target(dialect, self.session, self.conn)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        if self.conn is not None:
+            self.conn.close()
