@@ -20,23 +20,6 @@ Params = dict[str, Any]
 #: hit it are not generated (each use says what it skips).  Remove a name once its fix merges;
 #: ``SQLA_CACHE_DIFF_UNGATE=name,...`` (or ``all``) turns gates off for a run without editing.
 KNOWN_FAULTS: dict[str, str] = {
-    "entity_write_through_values": (
-        "entity write-through publishes what a flush saw/was given, not what was committed: "
-        "savepoint rolled back, later bulk/text/Core DML or cascade of a flushed row, "
-        "Numeric values the database rounds; and (found by this test) the unflushed columns "
-        "of the session's copy, stale when another transaction committed them after the load"
-    ),
-    "text_on_delete_cascade": (
-        "text() DELETE / TRUNCATE ... CASCADE / SQLite INSERT OR REPLACE: ON DELETE CASCADE "
-        "children are not invalidated"
-    ),
-    "nested_dml_cte": "a data-modifying CTE nested in INSERT ... SELECT is not seen as a write",
-    "sqlite_case_folded_names": 'SQLite UPDATE "D_USER": quoted names fold case in SQLite',
-    "set_transaction_isolation": "SET TRANSACTION ISOLATION LEVEL in text() is not detected",
-    "write_rules_in_transaction": (
-        "declared invalidates rules act only at commit: inside the writing transaction a read "
-        "of a rule's target table is served from / stored to the cache"
-    ),
     # found by this test ----------------------------------------------------------------
     "entity_published_at_savepoint_release": (
         "Session after_commit also fires when a savepoint is released: the entities flushed "
