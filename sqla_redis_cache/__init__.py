@@ -13,9 +13,9 @@ See the documentation in ``docs/`` for the guarantees and how they are kept.
 
 from ._cache import QueryCache
 from ._config import CacheConfig, ConfigurationError, RegionConfig
-from ._options import CacheDirective, cached
-from ._stats import CacheStats
-from ._store import RedisIO
+from .storage._stats import CacheStats
+from .storage._store import RedisIO
+from .wiring._options import CacheDirective, cached
 
 __all__ = [
     "CacheConfig",

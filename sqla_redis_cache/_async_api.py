@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _generic
+from .features import _generic
 
 if TYPE_CHECKING:
-    from ._aio import LoopRouter
-    from ._core import Core
+    from .io._asyncio import LoopRouter
+    from .wiring._attach import Core
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ class AsyncAPI:
         def close(self) -> None: ...
 
     def _async_router(self) -> LoopRouter:
-        from ._aio import router
+        from .io._asyncio import router
 
         return router(self._core.store)
 
@@ -71,7 +71,7 @@ class AsyncAPI:
         Concurrent misses of one loop wait on an asyncio lock while one of them runs
         ``creator`` (and on the Redis lock across processes).
         """
-        from ._aio import awaiting
+        from .io._asyncio import awaiting
 
         router = self._async_router()
         fn = partial(_generic.get_or_set, ttl=ttl, tags=tags, compress=compress, region=region)

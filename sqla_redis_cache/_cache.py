@@ -14,15 +14,15 @@ from dogpile.cache.region import CacheRegion
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _generic, _memoize
 from ._async_api import AsyncAPI
-from ._backend import make_dogpile_region
 from ._config import CacheConfig
-from ._core import STATS_TTL_MS, Core, base_engine, engines_of
-from ._options import _clean
-from ._stats import CacheStats, StatsFlusher, stats_from_hash
-from ._store import FAILED, RedisIO
-from ._warmup import WarmupRegistry
+from .features import _generic, _memoize
+from .features._dogpile import make_dogpile_region
+from .features._warmup import WarmupRegistry
+from .storage._stats import CacheStats, StatsFlusher, stats_from_hash
+from .storage._store import FAILED, RedisIO
+from .wiring._attach import STATS_TTL_MS, Core, base_engine, engines_of
+from .wiring._options import _clean
 
 if TYPE_CHECKING:
     pass
@@ -66,7 +66,7 @@ class QueryCache(AsyncAPI):
 
         Entries and invalidations are invisible to other processes.
         """
-        from ._memory import MemoryIO
+        from .io._memory import MemoryIO
 
         settings.setdefault("stats_interval", 0)
         return cls(CacheConfig(namespace=namespace, **settings), io=MemoryIO())
@@ -76,7 +76,7 @@ class QueryCache(AsyncAPI):
     def attach(self, target: Any) -> QueryCache:
         """Cache ``cached()`` statements run through ``target`` and invalidate on its commits."""
         core = self._core
-        from . import _aio  # asyncio: AsyncEngine, AsyncSession, async_sessionmaker
+        from .io import _asyncio as _aio  # asyncio: AsyncEngine, AsyncSession, async_sessionmaker
 
         if _aio.is_async_target(target):
             _aio.router(core.store)
@@ -105,7 +105,7 @@ class QueryCache(AsyncAPI):
 
     def detach(self, target: Any) -> None:
         """Undo :meth:`attach` for ``target``."""
-        from . import _aio
+        from .io import _asyncio as _aio
 
         if _aio.is_async_target(target):
             target = _aio.sync_target(target, create=False)[0]
@@ -157,7 +157,7 @@ class QueryCache(AsyncAPI):
         core = self._core
         if not core.versions.bump([core.keys.all_key]):
             return -1
-        from ._keys import escape_glob
+        from .storage._keys import escape_glob
 
         deleted = core.store.call(core.store.io.scan_delete, escape_glob(core.keys.prefix) + "*")
         if deleted is FAILED:

@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import _connection
+from . import _redis_settings
 
 #: The seed guide's TTL table, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
 DEFAULT_REGIONS: Mapping[str, float] = {
@@ -137,7 +137,7 @@ class CacheConfig:
     #: table names to write through (the others are only invalidated)
     write_through: bool | Collection[str] = True
 
-    # deployment and connection security (see _connection and docs/deployment.md) -----------
+    # deployment and connection security (see _redis_settings and docs/deployment.md) -----------
     #: Redis Cluster; startup nodes default to the URL's host
     cluster: bool = False
     #: after losing the connection to Redis, replace the namespace token before serving again:
@@ -182,7 +182,7 @@ class CacheConfig:
         seconds("lock_timeout", self.lock_timeout, error=err)
         seconds("lock_wait", self.lock_wait, minimum=0, error=err)
         seconds("stats_interval", self.stats_interval, minimum=0, error=err)
-        from ._write_rules import check_rules
+        from .wiring._write_rules import check_rules
 
         check_rules(self.invalidates)
         if not isinstance(self.write_through, bool) and (
@@ -192,13 +192,13 @@ class CacheConfig:
             raise ConfigurationError("write_through must be a bool or a list of class/table names")
         if self.breaker_threshold < 1:
             raise ConfigurationError("breaker_threshold must be >= 1")
-        from ._codec import compressor
+        from .storage._codec import compressor
 
         try:
             compressor(self.compression)
         except (ValueError, ImportError) as exc:
             raise ConfigurationError(f"compression={self.compression!r}: {exc}") from None
-        _connection.validate(self)
+        _redis_settings.validate(self)
 
     @property
     def tls_enabled(self) -> bool:
@@ -226,8 +226,8 @@ class CacheConfig:
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> CacheConfig:
         """``settings`` are fields; ``redis+sentinel://`` and multi-host cluster URLs are read
-        into the deployment fields (see ``_connection.url_settings``)."""
-        url, settings = _connection.url_settings(url, settings)
+        into the deployment fields (see ``_redis_settings.url_settings``)."""
+        url, settings = _redis_settings.url_settings(url, settings)
         regions = settings.pop("regions", None)
         config = cls(url=url, **settings)
         if regions:
@@ -241,15 +241,15 @@ class CacheConfig:
         ``REDIS_SENTINEL_*`` (docs/deployment.md); ``SQLA_CACHE_SECRET`` for signing,
         ``SQLA_CACHE_COMPRESSION`` for the compressor, ``CACHE_WARMUP`` for start-up warming."""
         env = os.environ if environ is None else environ
-        url = env.get("REDIS_URL") or _connection.url_from_parts(env)
+        url = env.get("REDIS_URL") or _redis_settings.url_from_parts(env)
         if "secret" not in settings and env.get("SQLA_CACHE_SECRET"):
             settings["secret"] = env["SQLA_CACHE_SECRET"].encode()
         if "compression" not in settings and env.get("SQLA_CACHE_COMPRESSION"):
             settings["compression"] = env["SQLA_CACHE_COMPRESSION"].strip().lower()
         if "warmup" not in settings and "CACHE_WARMUP" in env:
             settings["warmup"] = _truthy(env["CACHE_WARMUP"])
-        return cls.from_url(url, **_connection.env_settings(env, settings))
+        return cls.from_url(url, **_redis_settings.env_settings(env, settings))
 
 
-_truthy = _connection.truthy
-_redact = _connection.redact
+_truthy = _redis_settings.truthy
+_redact = _redis_settings.redact

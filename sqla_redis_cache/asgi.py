@@ -31,9 +31,9 @@ from typing import Any
 
 from ._cache import QueryCache
 from ._config import ConfigurationError
-from ._generic import seal_value
-from ._options import _clean
-from ._store import FAILED
+from .features._generic import seal_value
+from .storage._store import FAILED
+from .wiring._options import _clean
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -143,7 +143,7 @@ class CacheMiddleware:
         await self._fill(scope, receive, send, key, deps, tags, values)
 
     def _router(self) -> Any:
-        from ._aio import router
+        from .io._asyncio import router
 
         return router(self.cache._core.store)
 
@@ -241,8 +241,7 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from . import _ops
-
+    from .features import _admin as _ops
     async def allowed(request: Request) -> bool:
         verdict = guard(request)
         if inspect.isawaitable(verdict):

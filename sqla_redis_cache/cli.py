@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -60,8 +62,7 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 @click.option("--rows", default=200_000, show_default=True)
 def bench(database_url: str, redis_url: str, rounds: int, block: int, rows: int) -> None:
     """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library."""
-    from .bench import main as bench_main
-
+    bench_main = _benchmarks("bench").main
     bench_main(
         [
             f"--database-url={database_url}",
@@ -71,6 +72,20 @@ def bench(database_url: str, redis_url: str, rounds: int, block: int, rows: int)
             f"--rows={rows}",
         ]
     )
+
+
+def _benchmarks(name: str) -> Any:
+    """``benchmarks/<name>.py`` of the source checkout this package runs from."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / f"{name}.py").is_file():
+        raise click.ClickException(
+            "the benchmarks are not installed with the package: run this command from a "
+            f"source checkout (a clone of the repository, installed with pip install -e .); "
+            f"no benchmarks/ directory next to {Path(__file__).resolve().parent}"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 # operator commands ---------------------------------------------------------------------------
@@ -95,7 +110,7 @@ def _load_app(spec: str) -> Any:
 
 def _connect(app: str | None, redis_url: str | None, namespace: str) -> Any:
     from ._cache import QueryCache
-    from ._ops import connection_error
+    from .features._admin import connection_error
 
     try:
         if app:
@@ -161,7 +176,7 @@ def _stats_lines(stats: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(cache: Any, as_json: bool) -> None:
     """Connection, server, memory and entries of the namespace, hit rate and errors."""
-    from ._ops import status as status_report
+    from .features._admin import status as status_report
 
     report = status_report(cache)
     if as_json:
@@ -227,7 +242,7 @@ def clear(
     yes: bool,
 ) -> None:
     """Invalidate or delete cached entries (asks first unless --yes)."""
-    from ._ops import clear as clear_entries
+    from .features._admin import clear as clear_entries
 
     if not (everything or queries or entities or tables or tags or patterns):
         raise click.UsageError(

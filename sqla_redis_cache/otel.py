@@ -25,7 +25,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from ._cache import QueryCache
-from ._stats import COUNTERS, Observer
+from .storage._stats import COUNTERS, Observer
 
 SCOPE = "sqla_redis_cache"
 

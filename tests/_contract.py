@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from sqla_redis_cache import QueryCache, cached
-from sqla_redis_cache._clients import make_async_client
+from sqla_redis_cache.io._clients import make_async_client
 
 from .conftest import Database, RedisTarget
 from .models import User

@@ -56,7 +56,7 @@ class RedisTarget:
     def client(self) -> Any:
         """A plain redis-py client of the deployment, for inspecting keys."""
         from sqla_redis_cache import CacheConfig
-        from sqla_redis_cache._clients import make_sync_client
+        from sqla_redis_cache.io._clients import make_sync_client
 
         config = CacheConfig.from_url(
             self.url, **{**self.settings, "socket_timeout": 2.0, "connect_timeout": 2.0}

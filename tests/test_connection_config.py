@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from sqla_redis_cache import CacheConfig, ConfigurationError, QueryCache
-from sqla_redis_cache._clients import make_async_client, make_sync_client
+from sqla_redis_cache.io._clients import make_async_client, make_sync_client
 
 
 def env(**values: str) -> dict[str, str]:

@@ -231,9 +231,9 @@ def test_token_replacement_script(where: str, redis_url: str, namespace: str) ->
     """The single-key script and its in-process twin: commit ids in, out, kept, expired."""
     import redis
 
-    from sqla_redis_cache._memory import MemoryIO
-    from sqla_redis_cache._store import SyncIO
-    from sqla_redis_cache._versions import PENDING, REPLACE_TOKEN, new_token
+    from sqla_redis_cache.io._memory import MemoryIO
+    from sqla_redis_cache.storage._store import SyncIO
+    from sqla_redis_cache.storage._versions import PENDING, REPLACE_TOKEN, new_token
 
     client = redis.Redis.from_url(redis_url)
     io = SyncIO(client) if where == "redis" else MemoryIO()

@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import select
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
-from sqla_redis_cache._codec import (
+from sqla_redis_cache.storage._codec import (
     VERSION,
     CorruptEntry,
     EntryCodec,

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
-from sqla_redis_cache._sqlwrites import written_by_sql
+from sqla_redis_cache.wiring._sqlwrites import written_by_sql
 
 from .conftest import Database
 from .models import Order, Org, User

@@ -51,8 +51,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.loading import merge_frozen_result
 
-from ._cache import QueryCache
-from ._options import cached
+from sqla_redis_cache import QueryCache, cached
 
 
 class _Base(DeclarativeBase):
@@ -241,7 +240,7 @@ def _invalidation_cost(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--async" in argv:  # AsyncSession on asyncpg: see bench_async
-        from .bench_async import main as main_async
+        from benchmarks.bench_async import main as main_async
 
         return main_async([a for a in argv if a != "--async"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -54,7 +54,7 @@ import time
 import weakref
 from typing import Any
 
-from ._core_commit import autocommitting
+from ..wiring._commit import autocommitting
 
 log = logging.getLogger("sqla_redis_cache")
 

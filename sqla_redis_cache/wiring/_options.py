@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import UserDefinedOption
 
-from ._codec import COMPRESSORS
-from ._config import seconds
+from .._config import seconds
+from ..storage._codec import COMPRESSORS
 
 #: execution option set by every cache's session wiring on the ORM statements it has seen, so
 #: that the engine-level reading of ``cached()`` (``attach(engine)``) leaves them alone

@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
-from ._drivertypes import kind_named, kind_of
+from ..storage._drivertypes import kind_named, kind_of
 
 VERSION = 1
 _F_COMPRESSED = 1

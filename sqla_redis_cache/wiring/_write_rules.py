@@ -26,7 +26,7 @@ _FIELDS = frozenset({"tables", "tags"})
 
 
 def _names(table: str, kind: str, values: Any) -> tuple[str, ...]:
-    from ._config import ConfigurationError
+    from .._config import ConfigurationError
 
     if isinstance(values, str) or not isinstance(values, Iterable):
         raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be a list of names")
@@ -38,7 +38,7 @@ def _names(table: str, kind: str, values: Any) -> tuple[str, ...]:
 
 def check_rules(rules: Mapping[str, Mapping[str, Any]]) -> None:
     """Raise ConfigurationError for anything but ``{table: {"tables": [...], "tags": [...]}}``."""
-    from ._config import ConfigurationError
+    from .._config import ConfigurationError
 
     if not isinstance(rules, Mapping):
         raise ConfigurationError("invalidates must be a mapping of table name to rule")

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._keys import escape_glob
-from ._store import FAILED
+from ..storage._keys import escape_glob
+from ..storage._store import FAILED
 
 if TYPE_CHECKING:
-    from ._cache import QueryCache
+    from .._cache import QueryCache
 
 #: second key segment -> kind shown by ``status``
 KINDS = {
@@ -32,7 +32,7 @@ _BATCH = 500
 
 def connection_error(cache: QueryCache) -> str | None:
     """None if Redis answers, else one line saying why (no traceback, no password)."""
-    from ._connection import redact as _redact
+    from .._redis_settings import redact as _redact
 
     try:
         cache._core.store.io.mget([cache._core.keys.all_key])
@@ -98,7 +98,7 @@ def _census(cache: QueryCache) -> dict[str, Any]:
 
 def status(cache: QueryCache) -> dict[str, Any]:
     """Everything ``sqla-redis-cache status`` and ``GET /api/cache/status`` show."""
-    from ._connection import redact as _redact
+    from .._redis_settings import redact as _redact
 
     store = cache._core.store
     report: dict[str, Any] = {

@@ -23,12 +23,12 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..storage._keys import UnkeyableParameter, fingerprint_parameters
+from ..wiring._options import _clean
 from . import _generic
-from ._keys import UnkeyableParameter, fingerprint_parameters
-from ._options import _clean
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ..wiring._attach import Core
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,7 +77,7 @@ class _Memo:
         )  # fmt: skip
 
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        from ._aio import awaiting, router
+        from ..io._asyncio import awaiting, router
 
         loop_router = router(self.core.store)
         key = self.key(args, kwargs)

@@ -16,20 +16,20 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from ._clients import connect_sync
-from ._codec import EntryCodec
-from ._config import CacheConfig
-from ._conninfo import ConnectionKeys
-from ._core_commit import CoreCommitHooks
-from ._entities import Entities
-from ._execution import ALL_TABLES, EngineHooks
-from ._keys import KeyBuilder
-from ._reader import Reader
-from ._session import SessionHooks
-from ._stats import StatsRecorder
-from ._store import RedisIO, Store
-from ._versions import Versions
-from ._write_rules import WriteRules
+from .._config import CacheConfig
+from ..io._clients import connect_sync
+from ..storage._codec import EntryCodec
+from ..storage._keys import KeyBuilder
+from ..storage._reader import Reader
+from ..storage._stats import StatsRecorder
+from ..storage._store import RedisIO, Store
+from ..storage._versions import Versions
+from ..wiring._commit import CoreCommitHooks
+from ..wiring._entities import Entities
+from ..wiring._reads import ALL_TABLES, EngineHooks
+from ..wiring._session import SessionHooks
+from ..wiring._transaction import ConnectionKeys
+from ..wiring._write_rules import WriteRules
 
 #: how long the shared statistics of an idle namespace are kept
 STATS_TTL_MS = 7 * 24 * 3600 * 1000

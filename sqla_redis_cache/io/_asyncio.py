@@ -36,10 +36,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from ._clients import make_async_client
-from ._config import CacheConfig
-from ._core import engines_of_binds
-from ._store import Mutex, RedisIO, Store, SyncIO
+from .._config import CacheConfig
+from ..io._clients import make_async_client
+from ..storage._store import Mutex, RedisIO, Store, SyncIO
+from ..wiring._attach import engines_of_binds
 
 T = TypeVar("T")
 

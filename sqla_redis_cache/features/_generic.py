@@ -23,14 +23,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
-from ._config import seconds
-from ._options import _clean
-from ._store import FAILED
-from ._versions import Versions
+from .._config import seconds
+from ..storage._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
+from ..storage._store import FAILED
+from ..storage._versions import Versions
+from ..wiring._options import _clean
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ..wiring._attach import Core
 
 T = TypeVar("T")
 _MISSING: Any = object()

@@ -43,18 +43,18 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.selectable import TableClause
 
-from ._analysis import table_name
-from ._codec import CorruptEntry, Unencodable
-from ._conn_state import tainted
-from ._entity_get import primary_key_get, schema_map, transaction_blocks
-from ._keys import UnkeyableParameter, fingerprint_parameters
-from ._options import SESSION_WIRED, CachedOption
-from ._store import FAILED
-from ._versions import Versions
-from ._write_through import WriteThrough
+from ..storage._codec import CorruptEntry, Unencodable
+from ..storage._keys import UnkeyableParameter, fingerprint_parameters
+from ..storage._store import FAILED
+from ..storage._versions import Versions
+from ..wiring._analysis import table_name
+from ..wiring._entity_get import primary_key_get, schema_map, transaction_blocks
+from ..wiring._options import SESSION_WIRED, CachedOption
+from ..wiring._runtime_settings import tainted
+from ..wiring._write_through import WriteThrough
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ..wiring._attach import Core
 
 
 class _Hierarchy:

@@ -23,9 +23,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from ._cache import QueryCache
-from ._options import cached
-from .bench import SHAPES, BenchItem, _FromRecipe, _setup
+from benchmarks.bench import SHAPES, BenchItem, _FromRecipe, _setup
+from sqla_redis_cache import QueryCache, cached
 
 _DRIVERS = {"postgresql": ("psycopg2", "asyncpg"), "sqlite": ("pysqlite", "aiosqlite")}
 

@@ -18,8 +18,8 @@ from typing import Any
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.backends.memory import MemoryBackend
 
-from ._store import CAS_SET, Mutex
-from ._versions import REPLACE_TOKEN, replace_token
+from ..storage._store import CAS_SET, Mutex
+from ..storage._versions import REPLACE_TOKEN, replace_token
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -42,9 +42,9 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from ._config import CacheConfig, ConfigurationError
-from ._connection import redact, url_db
-from ._store import SyncIO
+from .._config import CacheConfig, ConfigurationError
+from .._redis_settings import redact, url_db
+from ..storage._store import SyncIO
 
 log = logging.getLogger("sqla_redis_cache")
 

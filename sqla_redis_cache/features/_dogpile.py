@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from dogpile.cache.api import NO_VALUE, BytesBackend, CantDeserializeException
 from dogpile.cache.region import CacheRegion, make_region
 
-from ._codec import CorruptEntry, Unencodable
-from ._store import FAILED
+from ..storage._codec import CorruptEntry, Unencodable
+from ..storage._store import FAILED
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ..wiring._attach import Core
 
 
 class RedisBackend(BytesBackend):  # type: ignore[misc]

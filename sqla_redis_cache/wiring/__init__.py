@@ -1,0 +1,1 @@
+"""wiring layer (see docs/architecture.md)."""
