@@ -15,14 +15,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._async_api import AsyncAPI
-from ._config import CacheConfig
+from ._config import CacheConfig, clean_names
 from .features import _generic, _memoize
 from .features._dogpile import make_dogpile_region
 from .features._warmup import WarmupRegistry
 from .storage._stats import CacheStats, StatsFlusher, stats_from_hash
 from .storage._store import FAILED, RedisIO
 from .wiring._attach import STATS_TTL_MS, Core, base_engine, engines_of
-from .wiring._options import _clean
 
 if TYPE_CHECKING:
     pass
@@ -142,11 +141,11 @@ class QueryCache(AsyncAPI):
 
     def invalidate_tables(self, *tables: str) -> bool:
         """Every cached result that read one of ``tables`` misses from now on, everywhere."""
-        names = _clean("tables", tables)
+        names = clean_names("tables", tables)
         return self._core.invalidate_written(names)
 
     def invalidate_tags(self, *tags: str) -> bool:
-        names = _clean("tags", tags)
+        names = clean_names("tags", tags)
         return self._core.versions.bump(self._core.keys.tag(t) for t in names)
 
     def clear(self) -> int:

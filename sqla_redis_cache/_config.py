@@ -20,11 +20,12 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import _redis_settings
+from ._errors import ConfigurationError
 
 #: The seed guide's TTL table, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
 DEFAULT_REGIONS: Mapping[str, float] = {
@@ -41,10 +42,6 @@ DEFAULT_REGIONS: Mapping[str, float] = {
 
 DEFAULT_REGION = "db_query"
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-class ConfigurationError(ValueError):
-    """Raised at construction time for settings that cannot work."""
 
 
 #: TTL bounds, seconds: Redis expires in whole milliseconds; beyond ten years is a mistake
@@ -70,6 +67,49 @@ def seconds(
             f"got {value!r}"
         )
     return number
+
+
+def clean_names(kind: str, values: Iterable[str] | str | None) -> tuple[str, ...]:
+    """``values`` (one name or an iterable of names) as a sorted tuple of distinct non-empty
+    strings; TypeError for anything else."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = (values,)
+    out = []
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{kind} must be non-empty strings, got {value!r}")
+        out.append(value)
+    return tuple(sorted(set(out)))
+
+
+#: the shape of a declared write rule (``invalidates``); ``wiring._write_rules`` applies them
+_FIELDS = frozenset({"tables", "tags"})
+
+
+def _rule_names(table: str, kind: str, values: Any) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be a list of names")
+    out = tuple(values)
+    if not all(isinstance(v, str) and v for v in out):
+        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be non-empty strings")
+    return out
+
+
+def check_rules(rules: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise ConfigurationError for anything but ``{table: {"tables": [...], "tags": [...]}}``."""
+    if not isinstance(rules, Mapping):
+        raise ConfigurationError("invalidates must be a mapping of table name to rule")
+    for table, rule in rules.items():
+        if not isinstance(table, str) or not table:
+            raise ConfigurationError(f"invalidates keys must be table names, got {table!r}")
+        if not isinstance(rule, Mapping) or not set(rule) <= _FIELDS or not rule:
+            raise ConfigurationError(
+                f"invalidates[{table!r}] must be a mapping with 'tables' and/or 'tags'"
+            )
+        for kind in rule:
+            _rule_names(table, kind, rule[kind])
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +222,6 @@ class CacheConfig:
         seconds("lock_timeout", self.lock_timeout, error=err)
         seconds("lock_wait", self.lock_wait, minimum=0, error=err)
         seconds("stats_interval", self.stats_interval, minimum=0, error=err)
-        from .wiring._write_rules import check_rules
-
         check_rules(self.invalidates)
         if not isinstance(self.write_through, bool) and (
             isinstance(self.write_through, str)
@@ -192,7 +230,7 @@ class CacheConfig:
             raise ConfigurationError("write_through must be a bool or a list of class/table names")
         if self.breaker_threshold < 1:
             raise ConfigurationError("breaker_threshold must be >= 1")
-        from .storage._codec import compressor
+        from ._compression import compressor
 
         try:
             compressor(self.compression)

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from ._errors import ConfigurationError
+
 if TYPE_CHECKING:
     from ._config import CacheConfig
 
@@ -29,8 +31,6 @@ _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
 def _error(message: str) -> Exception:
-    from ._config import ConfigurationError
-
     return ConfigurationError(message)
 
 

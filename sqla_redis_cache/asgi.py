@@ -30,10 +30,10 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from ._cache import QueryCache
-from ._config import ConfigurationError
+from ._config import clean_names
+from ._errors import ConfigurationError
 from .features._generic import seal_value
 from .storage._store import FAILED
-from .wiring._options import _clean
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,13 +85,13 @@ class CacheMiddleware:
         self.private = frozenset(h.lower().encode("latin-1") for h in private_headers) - set(
             self.vary
         )
-        self.tags = tags if callable(tags) else _clean("tags", tags)
-        self.revalidate = _clean("tags", revalidate)
+        self.tags = tags if callable(tags) else clean_names("tags", tags)
+        self.revalidate = clean_names("tags", revalidate)
         self.paths = tuple(paths)
         self.max_body = max_body
 
     def _tags(self, scope: Scope) -> tuple[str, ...]:
-        return _clean("tags", self.tags(scope)) if callable(self.tags) else self.tags
+        return clean_names("tags", self.tags(scope)) if callable(self.tags) else self.tags
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.paths):
@@ -242,6 +242,7 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
     from starlette.routing import Route
 
     from .features import _admin as _ops
+
     async def allowed(request: Request) -> bool:
         verdict = guard(request)
         if inspect.isawaitable(verdict):

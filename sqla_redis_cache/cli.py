@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ._config import ConfigurationError
+from ._errors import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,12 +17,8 @@ import redis
 from sqlalchemy import select
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
-from sqla_redis_cache.storage._codec import (
-    VERSION,
-    CorruptEntry,
-    EntryCodec,
-    available_compressors,
-)
+from sqla_redis_cache._compression import available_compressors
+from sqla_redis_cache.storage._codec import VERSION, CorruptEntry, EntryCodec
 
 from ._faults import custom_cache
 from .conftest import Database

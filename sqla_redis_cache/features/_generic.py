@@ -23,11 +23,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._config import seconds
+from .._config import clean_names, seconds
 from ..storage._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
 from ..storage._store import FAILED
 from ..storage._versions import Versions
-from ..wiring._options import _clean
 
 if TYPE_CHECKING:
     from ..wiring._attach import Core
@@ -73,7 +72,7 @@ def set_value(
 ) -> bool:
     """Store ``value``; False if Redis was unavailable.  Bad input raises, storing nothing."""
     redis_key = core.keys.generic(key)
-    clean_tags = _clean("tags", tags)
+    clean_tags = clean_names("tags", tags)
     seconds = _ttl(core, ttl, region)
     # validate the value before touching Redis
     seal_value(core, b"", clean_tags, value, compress)
@@ -141,7 +140,7 @@ def get_or_set(
 ) -> T:
     """Cache-aside: ``creator`` runs once per miss across processes (stampede lock)."""
     redis_key = core.keys.generic(key)
-    clean_tags = _clean("tags", tags)
+    clean_tags = clean_names("tags", tags)
     seconds = _ttl(core, ttl, region)
     refresh = core.config.region(region).refresh_after if ttl is None else None
 

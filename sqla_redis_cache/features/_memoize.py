@@ -23,8 +23,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._config import clean_names
 from ..storage._keys import UnkeyableParameter, fingerprint_parameters
-from ..wiring._options import _clean
 from . import _generic
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def memoize(
     region: str | None = None,
     key: Callable[..., str] | None = None,
 ) -> Callable[[F], F]:
-    clean_tags = _clean("tags", tags)
+    clean_tags = clean_names("tags", tags)
     _generic._ttl(core, ttl, region)  # bad ttl or unknown region: fail here, not at call time
 
     def decorate(fn: F) -> F:

@@ -37,9 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from .._config import CacheConfig
-from ..io._clients import make_async_client
 from ..storage._store import Mutex, RedisIO, Store, SyncIO
 from ..wiring._attach import engines_of_binds
+from ._clients import make_async_client
 
 T = TypeVar("T")
 

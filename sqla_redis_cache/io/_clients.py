@@ -42,7 +42,8 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from .._config import CacheConfig, ConfigurationError
+from .._config import CacheConfig
+from .._errors import ConfigurationError
 from .._redis_settings import redact, url_db
 from ..storage._store import SyncIO
 

@@ -34,17 +34,16 @@ import hashlib
 import hmac
 import pickle
 import struct
-import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgpack
 
-from ..storage._drivertypes import kind_named, kind_of
+from .._compression import compressor, compressor_by_id
+from ._drivertypes import kind_named, kind_of
 
 VERSION = 1
 _F_COMPRESSED = 1
@@ -69,78 +68,6 @@ class Unencodable(TypeError):
 
 class EntryTooLarge(Unencodable):
     """A value whose entry would exceed ``max_entry_bytes``."""
-
-
-class Compressor(NamedTuple):
-    id: int
-    name: str
-    compress: Callable[[bytes], bytes]
-    decompress: Callable[[bytes | memoryview], bytes]
-
-
-def _zlib() -> Compressor:
-    return Compressor(0, "zlib", lambda b: zlib.compress(b, 1), zlib.decompress)
-
-
-def _zstd() -> Compressor:
-    import zstandard  # optional: the ``zstd`` extra
-
-    # contexts are costly to create (~15 us) and not thread-safe: one pair per thread
-    local = threading.local()
-
-    def compress(data: bytes) -> bytes:
-        ctx = getattr(local, "c", None)
-        if ctx is None:
-            ctx = local.c = zstandard.ZstdCompressor(level=3)
-        out: bytes = ctx.compress(data)
-        return out
-
-    def decompress(data: bytes | memoryview) -> bytes:
-        ctx = getattr(local, "d", None)
-        if ctx is None:
-            ctx = local.d = zstandard.ZstdDecompressor()
-        out: bytes = ctx.decompress(data)
-        return out
-
-    return Compressor(1, "zstd", compress, decompress)
-
-
-def _lz4() -> Compressor:
-    import lz4.frame  # optional: the ``lz4`` extra
-
-    return Compressor(2, "lz4", lz4.frame.compress, lz4.frame.decompress)
-
-
-_FACTORIES: dict[str, Callable[[], Compressor]] = {"zlib": _zlib, "zstd": _zstd, "lz4": _lz4}
-_IDS = {0: "zlib", 1: "zstd", 2: "lz4"}
-COMPRESSORS = tuple(_FACTORIES)
-_LOADED: dict[str, Compressor] = {}
-
-
-def compressor(name: str) -> Compressor:
-    """The compressor called ``name``; ImportError if its package is missing."""
-    found = _LOADED.get(name)
-    if found is None:
-        try:
-            factory = _FACTORIES[name]
-        except KeyError:
-            raise ValueError(
-                f"unknown compressor {name!r}; choose one of {', '.join(_FACTORIES)}"
-            ) from None
-        found = _LOADED[name] = factory()
-    return found
-
-
-def available_compressors() -> list[str]:
-    """Names of the compressors whose packages are installed."""
-    names = []
-    for name in _FACTORIES:
-        try:
-            compressor(name)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
 
 
 def zoned(iso: str, zone: str | None) -> datetime.datetime:
@@ -349,7 +276,7 @@ class EntryCodec:
             raise CorruptEntry(f"unknown flags {flags:#x}")
         try:
             if flags & _F_COMPRESSED:
-                payload = compressor(_IDS[(flags & _F_COMPRESSOR) >> 2]).decompress(payload)
+                payload = compressor_by_id((flags & _F_COMPRESSOR) >> 2).decompress(payload)
             if flags & _F_PICKLE:
                 if not self.allow_pickle:
                     raise CorruptEntry("pickled entry but no secret configured")

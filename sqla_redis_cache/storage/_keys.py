@@ -33,8 +33,8 @@ import hashlib
 import uuid
 from typing import Any
 
-from ..storage._drivertypes import keyable
 from ..wiring._identity import engine_identity
+from ._drivertypes import keyable
 
 #: types whose repr is faithful and whose values are immutable
 SAFE_SCALARS = (

@@ -31,9 +31,9 @@ from typing import Any, Generic, TypeVar
 
 from dogpile import Lock, NeedRegenerationException
 
-from ..storage._codec import CorruptEntry, EntryCodec, Unencodable
-from ..storage._store import FAILED, Mutex, Store
-from ..storage._versions import Versions
+from ._codec import CorruptEntry, EntryCodec, Unencodable
+from ._store import FAILED, Mutex, Store
+from ._versions import Versions
 
 T = TypeVar("T")
 log = logging.getLogger("sqla_redis_cache")

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..storage._codec import zone_of, zoned
-from ..storage._drivertypes import kind_named, kind_of
-from ..storage._keys import SAFE_SCALARS
 from ..wiring._cursor import Description
+from ._codec import zone_of, zoned
+from ._drivertypes import kind_named, kind_of
+from ._keys import SAFE_SCALARS
 
 _RAW = 0
 _CODERS: dict[type, tuple[int, Callable[[Any], Any]]] = {

@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._config import CacheConfig
-from ..storage._stats import StatsRecorder
+from ._stats import StatsRecorder
 
 log = logging.getLogger("sqla_redis_cache")
 

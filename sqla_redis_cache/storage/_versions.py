@@ -37,7 +37,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from ..storage._store import FAILED, Store
+from ._store import FAILED, Store
 
 TOKEN_LENGTH = 16
 

@@ -24,12 +24,12 @@ from ..storage._reader import Reader
 from ..storage._stats import StatsRecorder
 from ..storage._store import RedisIO, Store
 from ..storage._versions import Versions
-from ..wiring._commit import CoreCommitHooks
-from ..wiring._entities import Entities
-from ..wiring._reads import ALL_TABLES, EngineHooks
-from ..wiring._session import SessionHooks
-from ..wiring._transaction import ConnectionKeys
-from ..wiring._write_rules import WriteRules
+from ._commit import CoreCommitHooks
+from ._entities import Entities
+from ._reads import ALL_TABLES, EngineHooks
+from ._session import SessionHooks
+from ._transaction import ConnectionKeys
+from ._write_rules import WriteRules
 
 #: how long the shared statistics of an idle namespace are kept
 STATS_TTL_MS = 7 * 24 * 3600 * 1000

@@ -48,10 +48,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from ..wiring._listeners import Listeners
+from ._listeners import Listeners
 
 if TYPE_CHECKING:
-    from ..wiring._attach import Core
+    from ._attach import Core
 
 
 def autocommitting(conn: Any) -> bool:

@@ -47,14 +47,14 @@ from ..storage._codec import CorruptEntry, Unencodable
 from ..storage._keys import UnkeyableParameter, fingerprint_parameters
 from ..storage._store import FAILED
 from ..storage._versions import Versions
-from ..wiring._analysis import table_name
-from ..wiring._entity_get import primary_key_get, schema_map, transaction_blocks
-from ..wiring._options import SESSION_WIRED, CachedOption
-from ..wiring._runtime_settings import tainted
-from ..wiring._write_through import WriteThrough
+from ._analysis import table_name
+from ._entity_get import primary_key_get, schema_map, transaction_blocks
+from ._options import SESSION_WIRED, CachedOption
+from ._runtime_settings import tainted
+from ._write_through import WriteThrough
 
 if TYPE_CHECKING:
-    from ..wiring._attach import Core
+    from ._attach import Core
 
 
 class _Hierarchy:

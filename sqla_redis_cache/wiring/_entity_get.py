@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy.orm import Mapper
 
-from ..wiring._options import CachedOption
-from ..wiring._reads import _snapshot_isolated
-from ..wiring._runtime_settings import STATE
-from ..wiring._transaction import ConnectionKeys
+from ._options import CachedOption
+from ._reads import _snapshot_isolated
+from ._runtime_settings import STATE
+from ._transaction import ConnectionKeys
 
 
 def primary_key_get(orm_state: Any) -> tuple[Mapper[Any], tuple[Any, ...]] | None:
@@ -58,7 +58,7 @@ def schema_map(bind: Any) -> Mapping[str | None, str | None] | None:
 def transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
     """True when the session's transaction wrote, reads from an older snapshot, or runs on a
     connection whose session settings changed."""
-    from ..wiring._session import CONNECTIONS
+    from ._session import CONNECTIONS
 
     for conn in session.info.get(CONNECTIONS, ()):
         if conn.closed:

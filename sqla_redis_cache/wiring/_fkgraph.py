@@ -54,7 +54,7 @@ import time
 import weakref
 from typing import Any
 
-from ..wiring._commit import autocommitting
+from ._commit import autocommitting
 
 log = logging.getLogger("sqla_redis_cache")
 

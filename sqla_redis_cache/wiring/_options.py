@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import UserDefinedOption
 
-from .._config import seconds
-from ..storage._codec import COMPRESSORS
+from .._compression import COMPRESSORS
+from .._config import clean_names, seconds
 
 #: execution option set by every cache's session wiring on the ORM statements it has seen, so
 #: that the engine-level reading of ``cached()`` (``attach(engine)``) leaves them alone
@@ -47,19 +47,6 @@ class CachedOption(UserDefinedOption):
 
     def __repr__(self) -> str:
         return f"cached({self.payload!r})"
-
-
-def _clean(kind: str, values: Iterable[str] | str | None) -> tuple[str, ...]:
-    if values is None:
-        return ()
-    if isinstance(values, str):
-        values = (values,)
-    out = []
-    for value in values:
-        if not isinstance(value, str) or not value:
-            raise TypeError(f"{kind} must be non-empty strings, got {value!r}")
-        out.append(value)
-    return tuple(sorted(set(out)))
 
 
 def cached(
@@ -94,8 +81,8 @@ def cached(
         CacheDirective(
             region=region,
             ttl=ttl,
-            tags=_clean("tags", tags),
-            tables=_clean("tables", tables),
+            tags=clean_names("tags", tags),
+            tables=clean_names("tables", tables),
             compress=compress,
             refresh_after=refresh_after,
         )

@@ -48,18 +48,18 @@ from sqlalchemy.engine.default import NO_CACHE_KEY
 
 from ..storage._keys import UnkeyableParameter
 from ..storage._rows import decode_result, encode_result, immutable_rows
-from ..wiring._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
-from ..wiring._commit import autocommitting
-from ..wiring._cursor import CachedCursor
-from ..wiring._fkgraph import ForeignKeyGraphs
-from ..wiring._identity import base_engine, connection_identity, engine_identity
-from ..wiring._listeners import Listeners
-from ..wiring._options import SESSION_WIRED, CacheDirective, CachedOption
-from ..wiring._runtime_settings import STATE, might_change_state, observe
-from ..wiring._sqlwrites import analyse_sql
+from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
+from ._commit import autocommitting
+from ._cursor import CachedCursor
+from ._fkgraph import ForeignKeyGraphs
+from ._identity import base_engine, connection_identity, engine_identity
+from ._listeners import Listeners
+from ._options import SESSION_WIRED, CacheDirective, CachedOption
+from ._runtime_settings import STATE, might_change_state, observe
+from ._sqlwrites import analyse_sql
 
 if TYPE_CHECKING:
-    from ..wiring._attach import Core
+    from ._attach import Core
 
 #: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
 ALL_TABLES = "*"

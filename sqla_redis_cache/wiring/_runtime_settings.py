@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from ..wiring._identity import base_engine
+from ._identity import base_engine
 
 STATE = "sqla_redis_cache.connection_state"
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..wiring._listeners import Listeners
-from ..wiring._options import SESSION_WIRED, CachedOption
+from ._listeners import Listeners
+from ._options import SESSION_WIRED, CachedOption
 
 if TYPE_CHECKING:
-    from ..wiring._attach import Core
+    from ._attach import Core
 
 CONNECTIONS = "sqla_redis_cache.connections"
 

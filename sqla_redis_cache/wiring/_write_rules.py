@@ -22,36 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_FIELDS = frozenset({"tables", "tags"})
-
-
-def _names(table: str, kind: str, values: Any) -> tuple[str, ...]:
-    from .._config import ConfigurationError
-
-    if isinstance(values, str) or not isinstance(values, Iterable):
-        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be a list of names")
-    out = tuple(values)
-    if not all(isinstance(v, str) and v for v in out):
-        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be non-empty strings")
-    return out
-
-
-def check_rules(rules: Mapping[str, Mapping[str, Any]]) -> None:
-    """Raise ConfigurationError for anything but ``{table: {"tables": [...], "tags": [...]}}``."""
-    from .._config import ConfigurationError
-
-    if not isinstance(rules, Mapping):
-        raise ConfigurationError("invalidates must be a mapping of table name to rule")
-    for table, rule in rules.items():
-        if not isinstance(table, str) or not table:
-            raise ConfigurationError(f"invalidates keys must be table names, got {table!r}")
-        if not isinstance(rule, Mapping) or not set(rule) <= _FIELDS or not rule:
-            raise ConfigurationError(
-                f"invalidates[{table!r}] must be a mapping with 'tables' and/or 'tags'"
-            )
-        for kind in rule:
-            _names(table, kind, rule[kind])
-
 
 class WriteRules:
     def __init__(self, rules: Mapping[str, Mapping[str, Any]]) -> None:

@@ -45,13 +45,13 @@ from sqlalchemy.orm import Mapper
 from ..storage._keys import UnkeyableParameter
 from ..storage._store import CAS_SET, FAILED
 from ..storage._versions import PENDING
-from ..wiring._entity_get import schema_map
-from ..wiring._listeners import Listeners
-from ..wiring._reads import ALL_TABLES, _snapshot_isolated
-from ..wiring._runtime_settings import tainted
+from ._entity_get import schema_map
+from ._listeners import Listeners
+from ._reads import ALL_TABLES, _snapshot_isolated
+from ._runtime_settings import tainted
 
 if TYPE_CHECKING:
-    from ..wiring._entities import Entities
+    from ._entities import Entities
 
 _MARKER_PREFIX = b"\x00sqla-redis-cache:pending:"
 
@@ -214,7 +214,7 @@ class WriteThrough(Listeners):
 
     def publish(self, session: Any, tables: set[str]) -> None:
         """New tokens for ``tables``, and the reloaded rows written through or removed."""
-        from ..wiring._session import CONNECTIONS
+        from ._session import CONNECTIONS
 
         reloaded: list[Reloaded] = []
         for conn in session.info.get(CONNECTIONS, ()):
