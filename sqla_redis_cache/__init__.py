@@ -14,8 +14,8 @@ See the documentation in ``docs/`` for the guarantees and how they are kept.
 from ._cache import QueryCache
 from ._config import CacheConfig, RegionConfig
 from ._errors import ConfigurationError
+from .io import RedisIO
 from .storage._stats import CacheStats
-from .storage._store import RedisIO
 from .wiring._options import CacheDirective, cached
 
 __all__ = [

@@ -19,8 +19,10 @@ from ._config import CacheConfig, clean_names
 from .features import _generic, _memoize
 from .features._dogpile import make_dogpile_region
 from .features._warmup import WarmupRegistry
+from .io import Expire, HashGetAll, HashIncrement, Operation, RedisIO, Unlink
+from .io._memory import MemoryIO
 from .storage._stats import CacheStats, StatsFlusher, stats_from_hash
-from .storage._store import FAILED, RedisIO
+from .storage._store import FAILED
 from .wiring._attach import STATS_TTL_MS, Core, base_engine, engines_of
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ class QueryCache(AsyncAPI):
         self._regions: dict[str, CacheRegion] = {}
         self._warmup = WarmupRegistry()
         self._flusher = StatsFlusher(self.flush_stats, self.config.stats_interval)
+        #: statistics are shared through Redis; an in-process backend keeps them local
+        self._stats_shared = not isinstance(self._core.store.io, MemoryIO)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sqlacache", **settings: Any) -> QueryCache:
@@ -65,8 +69,6 @@ class QueryCache(AsyncAPI):
 
         Entries and invalidations are invisible to other processes.
         """
-        from .io._memory import MemoryIO
-
         settings.setdefault("stats_interval", 0)
         return cls(CacheConfig(namespace=namespace, **settings), io=MemoryIO())
 
@@ -146,7 +148,7 @@ class QueryCache(AsyncAPI):
 
     def invalidate_tags(self, *tags: str) -> bool:
         names = clean_names("tags", tags)
-        return self._core.versions.bump(self._core.keys.tag(t) for t in names)
+        return self._core.versions.invalidate(self._core.keys.tag(t) for t in names)
 
     def clear(self) -> int:
         """Invalidate everything under the namespace at once, then reclaim its keys.
@@ -154,11 +156,12 @@ class QueryCache(AsyncAPI):
         Returns the number of keys deleted (-1 if Redis was unavailable).
         """
         core = self._core
-        if not core.versions.bump([core.keys.all_key]):
+        if not core.versions.invalidate([core.keys.all_key]):
             return -1
         from .storage._keys import escape_glob
 
-        deleted = core.store.call(core.store.io.scan_delete, escape_glob(core.keys.prefix) + "*")
+        everything = escape_glob(core.keys.prefix) + "*"
+        deleted = core.store.call(core.store.io.delete_matching, everything)
         if deleted is FAILED:
             return -1
         core.stats.drain()[1]()  # the shared stats went too: do not resurrect them on close
@@ -207,12 +210,12 @@ class QueryCache(AsyncAPI):
         """Zero this process's counters; with ``shared=True`` the shared ones as well."""
         self._core.stats.reset()
         if shared:
-            self._core.store.pipeline([("UNLINK", self._stats_key)])
+            self._core.store.run([Unlink(self._stats_key)])
 
     def ping(self) -> bool:
         """True when Redis answers (bypasses the circuit breaker)."""
         try:
-            self._core.store.io.mget([self._core.keys.all_key])
+            self._core.store.io.get_many([self._core.keys.all_key])
         except Exception:
             return False
         return True
@@ -281,12 +284,11 @@ class QueryCache(AsyncAPI):
         if not delta:
             return True
         key = self._stats_key
-        commands: list[tuple[Any, ...]] = [("HINCRBY", key, f, n) for f, n in delta.items()]
-        commands.append(("PEXPIRE", key, STATS_TTL_MS))
-        try:
-            reply = self._core.store.pipeline(commands)
-        except NotImplementedError:  # the in-process backend keeps statistics local
+        if not self._stats_shared:
             return False
+        operations: list[Operation] = [HashIncrement(key, f, n) for f, n in delta.items()]
+        operations.append(Expire(key, STATS_TTL_MS))
+        reply = self._core.store.run(operations)
         if reply is FAILED:
             return False
         commit()
@@ -298,10 +300,9 @@ class QueryCache(AsyncAPI):
         Percentiles are bounds of a fixed histogram (see ``_stats``).  None if Redis is down.
         """
         self.flush_stats()
-        try:
-            reply = self._core.store.pipeline([("HGETALL", self._stats_key)])
-        except NotImplementedError:
+        if not self._stats_shared:
             return None
+        reply = self._core.store.run([HashGetAll(self._stats_key)])
         return None if reply is FAILED else stats_from_hash(reply[0] or {})
 
     def memoize(

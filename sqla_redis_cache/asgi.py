@@ -33,6 +33,7 @@ from ._cache import QueryCache
 from ._config import clean_names
 from ._errors import ConfigurationError
 from .features._generic import seal_value
+from .io import Set
 from .storage._store import FAILED
 
 Scope = MutableMapping[str, Any]
@@ -150,7 +151,7 @@ class CacheMiddleware:
     def _lookup(self, key: str, deps: list[str]) -> tuple[Any, Any]:
         """(values read, opened entry or None); runs in a greenlet, Redis calls awaited."""
         core = self.cache._core
-        values = core.store.mget([key, *deps])
+        values = core.store.get_many([key, *deps])
         if values is FAILED:
             return values, None
         return values, core.reader._open(key, values, _payload, None)
@@ -185,7 +186,7 @@ class CacheMiddleware:
                 if not message.get("more_body", False) and state["keep"]:
                     value = [state["status"], state["headers"], b"".join(state["body"])]
                     entry = seal_value(core, stamps or b"", tags, value, None)
-                    await run(core.store.pipeline, [("SET", key, entry, "PX", self.ttl_ms)])
+                    await run(core.store.run, [Set(key, entry, self.ttl_ms)])
             await send(message)
 
         await self.app(scope, receive, capture)

@@ -7,9 +7,9 @@ by table or tag is a token swap (O(1)); clearing queries, entities or a pattern 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..io._ops import MemoryUsage
 from ..storage._keys import escape_glob
 from ..storage._store import FAILED
 
@@ -35,35 +35,11 @@ def connection_error(cache: QueryCache) -> str | None:
     from .._redis_settings import redact as _redact
 
     try:
-        cache._core.store.io.mget([cache._core.keys.all_key])
+        cache._core.store.io.get_many([cache._core.keys.all_key])
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"cannot reach Redis at {_redact(cache.config.url)}: {reason}"
     return None
-
-
-def _scan(io: Any, match: str) -> Iterator[Any]:
-    client = getattr(io, "client", None)
-    if client is not None:
-        yield from client.scan_iter(match=match, count=1000)
-    else:  # the in-process backend
-        yield from io._matching(match)
-
-
-def _server(io: Any) -> dict[str, Any]:
-    client = getattr(io, "client", None)
-    if client is None:
-        return {"version": None, "role": "in-process", "mode": "memory"}
-    info = client.info()
-    if "redis_version" not in info:  # a cluster client answers per node
-        info = next(iter(info.values()))
-    return {
-        "version": info.get("redis_version"),
-        "role": info.get("role"),
-        "mode": info.get("redis_mode"),
-        "used_memory_human": info.get("used_memory_human"),
-        "maxmemory_policy": info.get("maxmemory_policy"),
-    }
 
 
 def _census(cache: QueryCache) -> dict[str, Any]:
@@ -72,22 +48,18 @@ def _census(cache: QueryCache) -> dict[str, Any]:
     prefix = core.keys.prefix
     counts: dict[str, int] = dict.fromkeys(sorted(set(KINDS.values()) | {"locks", "other"}), 0)
     memory = 0
-    batch: list[Any] = []
+    batch: list[MemoryUsage] = []
 
     def weigh() -> int:
-        if getattr(io, "client", None) is None:
-            return 0
-        replies = io.pipeline([("MEMORY", "USAGE", k, "SAMPLES", "0") for k in batch])
-        return sum(int(r or 0) for r in replies)
+        return sum(int(r or 0) for r in io.run(batch))
 
-    for raw in _scan(io, escape_glob(prefix) + "*"):
-        name = raw.decode() if isinstance(raw, bytes) else raw
+    for name in io.scan(escape_glob(prefix) + "*"):
         rest = name[len(prefix) :]
         if rest.endswith(":lock"):
             counts["locks"] += 1
         else:
             counts[KINDS.get(rest.split(":", 1)[0], "other")] += 1
-        batch.append(raw)
+        batch.append(MemoryUsage(name))
         if len(batch) >= _BATCH:
             memory += weigh()
             batch = []
@@ -106,7 +78,7 @@ def status(cache: QueryCache) -> dict[str, Any]:
         "redis_url": _redact(cache.config.url),
         "connected": False,
     }
-    server = store.call(_server, store.io)
+    server = store.call(store.io.server_info)
     census = store.call(_census, cache)
     if server is not FAILED and census is not FAILED:
         report.update(connected=True, server=server, **census)
@@ -136,7 +108,7 @@ def clear(
 
     def delete(kind: str) -> int:
         match = escape_glob(f"{core.keys.prefix}{kind}:") + "*"
-        n = core.store.call(core.store.io.scan_delete, match)
+        n = core.store.call(core.store.io.delete_matching, match)
         return -1 if n is FAILED else int(n)
 
     if queries:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from dogpile.cache.api import NO_VALUE, BytesBackend, CantDeserializeException
 from dogpile.cache.region import CacheRegion, make_region
 
+from ..io._ops import Set, Unlink
 from ..storage._codec import CorruptEntry, Unencodable
 from ..storage._store import FAILED
 
@@ -39,7 +40,7 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
 
     def get_serialized_multi(self, keys: Iterable[str]) -> list[Any]:
         keys = list(keys)
-        values = self.core.store.mget([self._k(k) for k in keys])
+        values = self.core.store.get_many([self._k(k) for k in keys])
         if values is FAILED:
             return [NO_VALUE] * len(keys)
         return [self._open(v) for v in values]
@@ -59,18 +60,16 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
         self.set_serialized_multi({key: value})
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
-        self.core.store.pipeline(
-            [
-                ("SET", self._k(k), self.core.codec.seal(b"", v), "PX", self.ttl_ms)
-                for k, v in mapping.items()
-            ]
+        codec = self.core.codec
+        self.core.store.run(
+            [Set(self._k(k), codec.seal(b"", v), self.ttl_ms) for k, v in mapping.items()]
         )
 
     def delete(self, key: str) -> None:
         self.delete_multi([key])
 
     def delete_multi(self, keys: Iterable[str]) -> None:
-        self.core.store.pipeline([("UNLINK", self._k(k)) for k in keys])
+        self.core.store.run([Unlink(self._k(k)) for k in keys])
 
     def get_mutex(self, key: str) -> Any:
         return self.core.store.lock(self._k(key) + ":lock")

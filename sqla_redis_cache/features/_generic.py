@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config import clean_names, seconds
+from ..io._ops import Set, Unlink
 from ..storage._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
 from ..storage._store import FAILED
 from ..storage._versions import Versions
@@ -77,23 +78,23 @@ def set_value(
     # validate the value before touching Redis
     seal_value(core, b"", clean_tags, value, compress)
     deps = _deps(core, clean_tags)
-    tokens = core.store.mget(deps)
+    tokens = core.store.get_many(deps)
     if tokens is FAILED:
         return False
     stamps = core.versions.ensure(deps, tokens)
     if stamps is None:
         return False
     entry = seal_value(core, stamps, clean_tags, value, compress)
-    reply = core.store.pipeline([("SET", redis_key, entry, "PX", int(seconds * 1000))])
+    reply = core.store.run([Set(redis_key, entry, int(seconds * 1000))])
     return reply is not FAILED
 
 
 def get_value(core: Core, key: str, default: Any = None) -> Any:
     redis_key = core.keys.generic(key)
-    if core.versions.has_pending and not core.versions.settle():
+    if core.versions.owes and not core.versions.settle():
         return default
     started = time.perf_counter()
-    values = core.store.mget([redis_key, core.keys.all_key])
+    values = core.store.get_many([redis_key, core.keys.all_key])
     if values is FAILED:
         return default
     entry, all_token = values
@@ -118,7 +119,7 @@ def _open(core: Core, entry: bytes | None, all_token: bytes | None) -> Any:
     tags, value = opened[1]
     tokens: list[bytes | None] = [all_token]
     if tags:
-        more = core.store.mget([core.keys.tag(t) for t in tags])
+        more = core.store.get_many([core.keys.tag(t) for t in tags])
         if more is FAILED:
             return _MISSING
         tokens.extend(more)
@@ -170,7 +171,7 @@ def get_or_set(
 
 
 def delete(core: Core, key: str) -> bool:
-    reply = core.store.pipeline([("UNLINK", core.keys.generic(key))])
+    reply = core.store.run([Unlink(core.keys.generic(key))])
     return reply is not FAILED and bool(reply[0])
 
 
@@ -178,5 +179,5 @@ def delete_pattern(core: Core, pattern: str) -> int:
     """Delete generic keys matching a glob relative to the namespace; returns how many."""
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("pattern must be a non-empty string")
-    deleted = core.store.call(core.store.io.scan_delete, core.keys.pattern(pattern))
+    deleted = core.store.call(core.store.io.delete_matching, core.keys.pattern(pattern))
     return 0 if deleted is FAILED else int(deleted)

@@ -28,7 +28,7 @@ import asyncio
 import inspect
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis.exceptions import LockError, RedisError
@@ -37,9 +37,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from .._config import CacheConfig
-from ..storage._store import Mutex, RedisIO, Store, SyncIO
+from ..storage._store import Store
 from ..wiring._attach import engines_of_binds
 from ._clients import make_async_client
+from ._ops import Operation
+from ._protocol import Mutex, RedisIO
+from ._sync import DELETE_BATCH, SyncIO, as_text, queue, reply, server_summary
 
 T = TypeVar("T")
 
@@ -95,26 +98,33 @@ class AsyncIO(_LoopLocks):
         self.client = client
         self.cluster = cluster
 
-    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if self.cluster:
             return list(self.await_(self.client.mget_nonatomic(keys)))
         return list(self.await_(self.client.execute_command("MGET", *keys)))
 
-    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def run(self, operations: Sequence[Operation]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(self.await_(pipe.execute()))
+        for op in operations:
+            queue(pipe, op)
+        raw = self.await_(pipe.execute())
+        return [reply(op, r) for op, r in zip(operations, raw, strict=True)]
 
-    def scan_delete(self, match: str) -> int:
-        return int(self.await_(self._scan_delete(match)))
+    def scan(self, match: str) -> list[str]:
+        return list(self.await_(self._scan(match)))
 
-    async def _scan_delete(self, match: str) -> int:
+    async def _scan(self, match: str) -> list[str]:
+        return [as_text(k) async for k in self.client.scan_iter(match=match, count=1000)]
+
+    def delete_matching(self, match: str) -> int:
+        return int(self.await_(self._delete_matching(match)))
+
+    async def _delete_matching(self, match: str) -> int:
         deleted = 0
         batch: list[bytes] = []
         async for key in self.client.scan_iter(match=match, count=1000):
             batch.append(key)
-            if len(batch) >= 500:
+            if len(batch) >= DELETE_BATCH:
                 deleted += await self._unlink(batch)
                 batch = []
         if batch:
@@ -127,11 +137,8 @@ class AsyncIO(_LoopLocks):
             pipe.execute_command("UNLINK", key)
         return sum(int(r or 0) for r in await pipe.execute())
 
-    def count(self, match: str) -> int:
-        return int(self.await_(self._count(match)))
-
-    async def _count(self, match: str) -> int:
-        return sum([1 async for _ in self.client.scan_iter(match=match, count=1000)])
+    def server_info(self) -> dict[str, Any]:
+        return server_summary(self.await_(self.client.info()))
 
     def lock(self, name: str, timeout: float, wait: float) -> Mutex:
         redis_lock = self.client.lock(
@@ -155,17 +162,20 @@ class InProcessIO(_LoopLocks):
         super().__init__(await_)
         self.io = io
 
-    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self.io.mget(keys)
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self.io.get_many(keys)
 
-    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return self.io.pipeline(commands)
+    def run(self, operations: Sequence[Operation]) -> list[Any]:
+        return self.io.run(operations)
 
-    def scan_delete(self, match: str) -> int:
-        return self.io.scan_delete(match)
+    def scan(self, match: str) -> Iterable[str]:
+        return self.io.scan(match)
 
-    def count(self, match: str) -> int:
-        return self.io.count(match)
+    def delete_matching(self, match: str) -> int:
+        return self.io.delete_matching(match)
+
+    def server_info(self) -> dict[str, Any]:
+        return self.io.server_info()
 
     def lock(self, name: str, timeout: float, wait: float) -> Mutex:
         return _AsyncMutex(self, name, wait, None)

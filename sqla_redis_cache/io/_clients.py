@@ -45,7 +45,7 @@ from redis.retry import Retry
 from .._config import CacheConfig
 from .._errors import ConfigurationError
 from .._redis_settings import redact, url_db
-from ..storage._store import SyncIO
+from ._sync import SyncIO
 
 log = logging.getLogger("sqla_redis_cache")
 

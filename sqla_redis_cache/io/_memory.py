@@ -1,10 +1,10 @@
 """An in-process stand-in for Redis, for the demo and single-process use without a server.
 
-It implements :class:`~._store.RedisIO` over dogpile.cache's memory backend, interpreting the
-few commands the cache sends (GET/MGET, SET with NX/PX, UNLINK, its two scripts) and keeping
-expiry times itself.
-It is correct for one process only: other processes cannot see its entries or invalidations, so
-``QueryCache`` uses it only when asked to (``QueryCache.in_memory()``), never silently.
+:class:`MemoryIO` implements every typed operation (``_ops``) over dogpile.cache's memory
+backend, keeping expiry times itself; the two scripts run as their Python twins
+(``_scripts``).  It is correct for one process only: other processes cannot see its entries or
+invalidations, so ``QueryCache`` uses it only when asked to (``QueryCache.in_memory()``), never
+silently, and keeps its statistics local.
 """
 
 from __future__ import annotations
@@ -12,18 +12,26 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.backends.memory import MemoryBackend
 
-from ..storage._store import CAS_SET, Mutex
-from ..storage._versions import REPLACE_TOKEN, replace_token
-
-
-def _as_bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
+from ._ops import (
+    CompareAndSet,
+    Expire,
+    Get,
+    HashGetAll,
+    HashIncrement,
+    MemoryUsage,
+    Operation,
+    ReplaceToken,
+    Set,
+    Unlink,
+)
+from ._protocol import Mutex
+from ._scripts import compare_and_set, replace_token
 
 
 def redis_glob(pattern: str) -> re.Pattern[str]:
@@ -71,7 +79,7 @@ class _ThreadMutex:
 
 
 class MemoryIO:
-    """:class:`~._store.RedisIO` kept in this process."""
+    """:class:`~._protocol.RedisIO` kept in this process."""
 
     def __init__(self) -> None:
         self._backend: Any = MemoryBackend({})  # type: ignore[no-untyped-call]
@@ -79,94 +87,116 @@ class MemoryIO:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def _get(self, key: str) -> bytes | None:
+    # one key, with its expiry ------------------------------------------------------------
+
+    def _item(self, key: str) -> tuple[float | None, Any] | None:
         item = self._backend.get(key)
         if item is NO_VALUE:
             return None
-        expires, value = item
+        expires = item[0]
         if expires is not None and expires <= time.monotonic():
-            self._backend.delete(key)
-            self._keys.discard(key)
+            self._delete(key)
             return None
-        return value  # type: ignore[no-any-return]
+        return item  # type: ignore[no-any-return]
+
+    def _get(self, key: str) -> Any:
+        item = self._item(key)
+        return None if item is None else item[1]
 
     def _pttl(self, key: str) -> int:
         """Like Redis's PTTL: ms left, -1 without expiry, -2 when missing."""
-        if self._get(key) is None:
+        item = self._item(key)
+        if item is None:
             return -2
-        expires = self._backend.get(key)[0]
-        return -1 if expires is None else int((expires - time.monotonic()) * 1000)
+        return -1 if item[0] is None else int((item[0] - time.monotonic()) * 1000)
 
-    def _set(self, key: str, args: Sequence[Any]) -> Any:
-        value, *flags = args
-        options = [str(f).upper() if isinstance(f, str) else f for f in flags]
-        expires = None
-        if "PX" in options:
-            expires = time.monotonic() + int(options[options.index("PX") + 1]) / 1000
-        if "NX" in options and self._get(key) is not None:
-            return None
-        self._backend.set(
-            key, (expires, value if isinstance(value, bytes) else str(value).encode())
-        )
+    def _put(self, key: str, value: Any, ttl_ms: int | None) -> None:
+        expires = None if ttl_ms is None else time.monotonic() + ttl_ms / 1000
+        self._backend.set(key, (expires, value))
         self._keys.add(key)
-        return True
 
-    def _run(self, command: Sequence[Any]) -> Any:
-        name, *args = command
-        name = str(name).upper()
-        if name == "GET":
-            return self._get(args[0])
-        if name == "MGET":
-            return [self._get(k) for k in args]
-        if name == "SET":
-            return self._set(args[0], args[1:])
-        if name in {"UNLINK", "DEL"}:
-            found = sum(1 for k in args if self._get(k) is not None)
-            for k in args:
-                self._backend.delete(k)
-                self._keys.discard(k)
-            return found
-        if name == "EVAL" and args[0] == CAS_SET:
-            _, _, key, expected, new, ttl = args
-            current = self._get(key)
-            if current is None or current != _as_bytes(expected):
-                return 0
-            return self._set(key, [new, "PX", ttl])
-        if name == "EVAL" and args[0] == REPLACE_TOKEN:
-            _, _, key, token, ttl_ms, commit_ms, *ops = args
-            value, px = replace_token(
-                self._get(key),
-                self._pttl(key),
-                _as_bytes(token),
-                int(ttl_ms),
-                int(commit_ms),
-                [o.decode() if isinstance(o, bytes) else str(o) for o in ops],
-            )
-            return self._set(key, [value, "PX", px])
-        raise NotImplementedError(f"MemoryIO does not implement {name}")
+    def _delete(self, key: str) -> None:
+        self._backend.delete(key)
+        self._keys.discard(key)
 
-    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+    # operations --------------------------------------------------------------------------
+
+    def _apply(self, op: Operation) -> Any:
+        match op:
+            case Get(key):
+                return self._bytes(key)
+            case Set(key, value, ttl_ms, only_if_absent):
+                if only_if_absent and self._item(key) is not None:
+                    return False
+                self._put(key, value, ttl_ms)
+                return True
+            case Unlink(key):
+                found = self._item(key) is not None
+                self._delete(key)
+                return found
+            case ReplaceToken(key):
+                value, ttl_ms = replace_token(op, self._bytes(key), self._pttl(key))
+                self._put(key, value, ttl_ms)
+                return None
+            case CompareAndSet(key, expected, value, ttl_ms):
+                if not compare_and_set(self._bytes(key), expected):
+                    return False
+                self._put(key, value, ttl_ms)
+                return True
+            case HashIncrement(key, field, amount):
+                item = self._item(key)
+                fields = dict(item[1]) if item is not None and isinstance(item[1], dict) else {}
+                fields[field] = fields.get(field, 0) + amount
+                self._backend.set(key, (None if item is None else item[0], fields))
+                self._keys.add(key)
+                return fields[field]
+            case Expire(key, ttl_ms):
+                item = self._item(key)
+                if item is None:
+                    return False
+                self._put(key, item[1], ttl_ms)
+                return True
+            case HashGetAll(key):
+                found = self._get(key)
+                if not isinstance(found, dict):
+                    return {}
+                return {k.encode(): str(v).encode() for k, v in found.items()}
+            case MemoryUsage(key):
+                found = self._get(key)
+                return None if found is None else len(found)
+            case _:
+                raise TypeError(f"not a Redis operation: {op!r}")
+
+    def _bytes(self, key: str) -> bytes | None:
+        value = self._get(key)
+        return value if isinstance(value, bytes) or value is None else None
+
+    # RedisIO -----------------------------------------------------------------------------
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         with self._guard:
-            return [self._get(k) for k in keys]
+            return [self._bytes(k) for k in keys]
 
-    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def run(self, operations: Sequence[Operation]) -> list[Any]:
         with self._guard:
-            return [self._run(c) for c in commands]
+            return [self._apply(op) for op in operations]
 
-    def _matching(self, match: str) -> list[str]:
+    def scan(self, match: str) -> Iterator[str]:
         pattern = redis_glob(match)
-        return [k for k in list(self._keys) if pattern.fullmatch(k)]
+        with self._guard:
+            keys = [k for k in list(self._keys) if self._item(k) is not None]
+        return iter([k for k in keys if pattern.fullmatch(k)])
 
-    def scan_delete(self, match: str) -> int:
-        return sum(self.pipeline([("UNLINK", k) for k in self._matching(match)]))
-
-    def count(self, match: str) -> int:
-        return len(self._matching(match))
+    def delete_matching(self, match: str) -> int:
+        return sum(self.run([Unlink(k) for k in self.scan(match)]))
 
     def lock(self, name: str, timeout: float, wait: float) -> Mutex:
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
         return _ThreadMutex(lock, wait)
+
+    def server_info(self) -> dict[str, Any]:
+        return {"version": None, "role": "in-process", "mode": "memory"}
 
     def close(self) -> None:
         pass

@@ -31,8 +31,10 @@ from typing import Any, Generic, TypeVar
 
 from dogpile import Lock, NeedRegenerationException
 
+from ..io._ops import Set
+from ..io._protocol import Mutex
 from ._codec import CorruptEntry, EntryCodec, Unencodable
-from ._store import FAILED, Mutex, Store
+from ._store import FAILED, Store
 from ._versions import Versions
 
 T = TypeVar("T")
@@ -167,11 +169,11 @@ class Reader:
         :class:`Unencodable` for a value that cannot be stored instead of returning it uncached.
         """
         started = time.perf_counter()
-        if self.versions.has_pending and not self.versions.settle():
+        if self.versions.owes and not self.versions.settle():
             self.stats.bypasses += 1
             return build(), False
         keys = [key, *deps]
-        values = self.store.mget(keys)
+        values = self.store.get_many(keys)
         if values is FAILED:
             self.stats.bypasses += 1
             return build(), False
@@ -225,7 +227,7 @@ class _Fill(Generic[T]):
             self.first = False
             opened = self.opened
         else:
-            values = self.reader.store.mget(self.keys)
+            values = self.reader.store.get_many(self.keys)
             self.values = None if values is FAILED else values
             opened = (
                 None
@@ -264,7 +266,7 @@ class _Fill(Generic[T]):
             if self.strict:
                 raise
             return created
-        reader.store.pipeline([("SET", self.keys[0], entry, "PX", max(1, int(self.ttl * 1000)))])
+        reader.store.run([Set(self.keys[0], entry, max(1, int(self.ttl * 1000)))])
         if self.keep_local is not None and self.keep_local(value):
             reader.near.put(self.keys[0], EntryCodec.mac_of(entry), created, value)
         return created
@@ -277,7 +279,7 @@ class _Fill(Generic[T]):
 
         def job() -> None:
             try:
-                values = reader.store.mget(self.keys)  # tokens before the query
+                values = reader.store.get_many(self.keys)  # tokens before the query
                 if values is FAILED:
                     return
                 stamps = reader.versions.ensure(self.keys[1:], values[1:])

@@ -9,10 +9,9 @@ seconds and closes the breaker when it answers.  No request thread ever waits on
 to be down: the only requests that pay a timeout are the ``breaker_threshold`` ones that
 discover the outage.
 
-The actual commands go through a :class:`RedisIO`.  :class:`SyncIO` wraps a redis-py client,
-standalone or cluster: it only ever sends single-key commands, or MGET on a standalone server,
-so no command spans hash slots.  Clients for each deployment are built in ``_clients``.  An
-asyncio implementation plugs in the same way.
+The operations themselves are typed (``io._ops``) and executed by a
+:class:`~..io.RedisIO` (``io/``: redis-py sync or asyncio, in-process); this module only decides
+whether Redis may be called, and what a failure means (a miss, never an exception).
 """
 
 from __future__ import annotations
@@ -21,13 +20,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from redis.exceptions import ClusterError, LockError, RedisError
+from redis.exceptions import ClusterError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._config import CacheConfig
+from ..io._ops import Operation
+from ..io._protocol import Mutex, RedisIO
+from ..io._sync import RedisLockMutex
 from ._stats import StatsRecorder
 
 log = logging.getLogger("sqla_redis_cache")
@@ -48,67 +50,6 @@ class _Failed:
 FAILED: Any = _Failed()
 """Returned by :class:`Store` calls when Redis could not be used."""
 
-#: Single-key compare-and-set: ``EVAL CAS_SET 1 key expected new ttl_ms`` replaces the value
-#: only if it still equals ``expected`` (Cluster-safe: one key).
-CAS_SET = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-    "return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end return 0"
-)
-
-
-class Mutex(Protocol):
-    def acquire(self, wait: bool = True) -> bool: ...
-    def release(self) -> None: ...
-
-
-class RedisIO(Protocol):
-    """The handful of Redis operations the cache needs."""
-
-    def mget(self, keys: Sequence[str]) -> list[bytes | None]: ...
-    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]: ...
-    def scan_delete(self, match: str) -> int: ...
-    def count(self, match: str) -> int: ...
-    def lock(self, name: str, timeout: float, wait: float) -> Mutex: ...
-    def close(self) -> None: ...
-
-
-class _RedisLockMutex:
-    """dogpile's mutex protocol over a redis-py Lock; never raises.
-
-    A waiter that gives up after ``lock_wait`` (or meets a Redis error) reports the lock as
-    acquired: it then builds the value itself, so a dead holder delays others by at most
-    ``min(lock_wait, lock_timeout)``.
-    """
-
-    __slots__ = ("__weakref__", "_lock", "_on_error", "_owned")
-
-    def __init__(self, lock: Any, on_error: Callable[[BaseException], None] | None = None) -> None:
-        self._lock = lock
-        self._owned = False
-        self._on_error = on_error
-
-    def acquire(self, wait: bool = True) -> bool:
-        try:
-            self._owned = bool(self._lock.acquire(blocking=wait))
-        except (RedisError, OSError) as exc:
-            # Redis trouble: behave as if we hold it, the caller just builds the value itself
-            if self._on_error is not None:
-                self._on_error(exc)
-            return True
-        return self._owned or wait
-
-    def release(self) -> None:
-        if not self._owned:
-            return
-        self._owned = False
-        try:
-            self._lock.release()
-        except LockError:
-            pass  # expired under a slow creator (and maybe taken by another): nothing to undo
-        except (RedisError, OSError) as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
-
 
 class _NoMutex:
     """Stands in for the Redis lock while the breaker is open: everyone builds uncached."""
@@ -123,57 +64,6 @@ class _NoMutex:
 
 
 NO_MUTEX = _NoMutex()
-
-
-class SyncIO:
-    """:class:`RedisIO` over a synchronous redis-py client."""
-
-    def __init__(self, client: Any, *, cluster: bool = False) -> None:
-        self.client = client
-        self.cluster = cluster
-
-    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        if self.cluster:
-            return list(self.client.mget_nonatomic(keys))
-        return list(self.client.execute_command("MGET", *keys))
-
-    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(pipe.execute())
-
-    def scan_delete(self, match: str) -> int:
-        deleted = 0
-        batch: list[bytes] = []
-        for key in self.client.scan_iter(match=match, count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += self._unlink(batch)
-                batch = []
-        if batch:
-            deleted += self._unlink(batch)
-        return deleted
-
-    def _unlink(self, keys: list[bytes]) -> int:
-        return sum(int(r or 0) for r in self.pipeline([("UNLINK", k) for k in keys]))
-
-    def count(self, match: str) -> int:
-        return sum(1 for _ in self.client.scan_iter(match=match, count=1000))
-
-    def lock(self, name: str, timeout: float, wait: float) -> Mutex:
-        lock = self.client.lock(
-            name, timeout=timeout, sleep=0.005, blocking_timeout=wait, thread_local=False
-        )
-        return _RedisLockMutex(lock)
-
-    def close(self) -> None:
-        if self.cluster:
-            # RedisCluster.close() leaves a client that raises AttributeError when used again;
-            # dropping the connections releases the same resources and stays usable
-            self.client.disconnect_connection_pools()
-            return
-        self.client.close()
 
 
 class Breaker:
@@ -286,7 +176,7 @@ class Store:
         self.stats = stats
         probe_key = config.namespace + ":all"
         self.breaker = Breaker(
-            config.breaker_threshold, config.breaker_cooldown, lambda: io.mget([probe_key])
+            config.breaker_threshold, config.breaker_cooldown, lambda: io.get_many([probe_key])
         )
         self._last_warning = 0.0
         #: called on errors after which Redis may come back as another server
@@ -342,18 +232,20 @@ class Store:
                 "Redis unavailable, serving from the database (%s: %s)", type(exc).__name__, exc
             )
 
-    # convenience wrappers -------------------------------------------------------------------
+    # the operations, failing open ----------------------------------------------------------
 
-    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self.call(lambda: self.io.mget(keys))
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` (one round trip), or FAILED."""
+        return self.call(lambda: self.io.get_many(keys))
 
-    def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return self.call(lambda: self.io.pipeline(commands))
+    def run(self, operations: Sequence[Operation]) -> list[Any]:
+        """The replies of ``operations`` (one round trip, see ``io._ops``), or FAILED."""
+        return self.call(lambda: self.io.run(operations))
 
     def lock(self, name: str) -> Mutex:
         if not self.breaker.allow():
             return NO_MUTEX
         mutex = self.io.lock(name, self.config.lock_timeout, self.config.lock_wait)
-        if isinstance(mutex, _RedisLockMutex):
-            mutex._on_error = self.failed
+        if isinstance(mutex, RedisLockMutex):
+            mutex.on_error = self.failed
         return mutex

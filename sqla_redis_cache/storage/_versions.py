@@ -3,9 +3,9 @@
 Each table, each tag and the namespace as a whole has a *token* in Redis: a random 16-character
 string.  An entry records the tokens of everything it depends on as they were read *before* its
 value was built; it is valid only while all of them are unchanged.  Invalidating is replacing a
-token with a new random one: one single-key script (:data:`REPLACE_TOKEN`: a ``GET`` and a
-``SET``) per table or tag, whatever the number of entries, and nothing to scan.  The script only
-differs from a plain ``SET`` for tables a Core commit is in flight on (``_core_commit``).
+token with a new random one: one single-key script (``io._scripts.REPLACE_TOKEN``: a ``GET``
+and a ``SET``) per table or tag, whatever the number of entries, and nothing to scan.  The script
+only differs from a plain ``SET`` for tables a Core commit is in flight on (``wiring._commit``).
 
 Random tokens (rather than counters) make every lost key safe: if Redis evicts or loses a token,
 the next reader creates a fresh random one, which no existing entry carries, so the loss yields
@@ -33,10 +33,12 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
+from ..io._ops import Get, Operation, ReplaceToken, Set
+from ..io._scripts import PENDING
 from ._store import FAILED, Store
 
 TOKEN_LENGTH = 16
@@ -46,94 +48,19 @@ RETRY_FIRST = 0.005
 RETRY_GROWTH = 1.5
 
 
-#: prefix of a *pending* token, set for the commits of Core connections, whose end cannot be
-#: observed (``_core_commit``).  Entries are never stamped with one, so nothing is cached or
-#: served for those tables while it stands.  Its value is ``pending:<token>`` followed by one
-#: ``;<commit id>@<ms>`` per commit in flight, where ``ms`` says how long before the key expires
-#: that commit's claim expires: the key's own TTL is the clock (no ``TIME`` command, which the
-#: ACL rules docs/deployment.md gives do not allow, and no client clocks).
-PENDING = b"pending:"
+class Claims(NamedTuple):
+    """Commit ids a replacement adds to a pending token, and ids it ends (``_scripts``)."""
 
-#: Replace one version token (one key, so Cluster-safe).  ``ARGV``: the new random token, the
-#: TTL (ms) of an ordinary token, how long (ms) an added commit keeps the token pending, then
-#: ``+<commit id>`` (a commit about to happen: pending until it ends) and ``-<commit id>`` (that
-#: commit is over).  The token stays pending while any listed commit is alive (not ended, claim
-#: not expired), with a fresh random part, and lives as long as the longest claim; otherwise it
-#: becomes an ordinary token.  A plain replacement (no ids) of a pending token therefore keeps
-#: it pending: only the end of the last commit in flight, or its expiry, makes the table
-#: cacheable again.  ``=<token>`` and ``!<token>`` make it a compare-and-swap (entity
-#: write-through): the new token is ``ARGV[1]`` only if the current one still equals the ``=``
-#: value (a missing token reads as empty), else the ``!`` one, so an entry stamped with
-#: ``ARGV[1]`` is valid only if nobody replaced the token since the caller read it.
-REPLACE_TOKEN = """
-local cur = redis.call('GET', KEYS[1])
-local pending = cur and string.sub(cur, 1, 8) == 'pending:'
-if not pending and #ARGV == 3 then
-  return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-local token, ended, adds = ARGV[1], {}, {}
-local expected, otherwise = nil, nil
-for i = 4, #ARGV do
-  local kind, id = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 2)
-  if kind == '-' then ended[id] = true
-  elseif kind == '+' then adds[#adds + 1] = id
-  elseif kind == '=' then expected = id
-  elseif kind == '!' then otherwise = id end
-end
-if expected ~= nil and (cur or '') ~= expected then token = otherwise end
-local left, order = {}, {}
-local function keep(id, ms)
-  if ms > 0 and not ended[id] and left[id] == nil then
-    left[id] = ms
-    order[#order + 1] = id
-  end
-end
-for _, id in ipairs(adds) do keep(id, tonumber(ARGV[3])) end
-if pending then
-  local ttl = redis.call('PTTL', KEYS[1])
-  for id, before in string.gmatch(cur, ';([^;@]+)@(%d+)') do keep(id, ttl - tonumber(before)) end
-end
-if #order == 0 then
-  return redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-end
-local last, parts = 0, {}
-for _, id in ipairs(order) do if left[id] > last then last = left[id] end end
-for _, id in ipairs(order) do
-  parts[#parts + 1] = ';' .. id .. '@' .. string.format('%d', last - left[id])
-end
-return redis.call('SET', KEYS[1], 'pending:' .. token .. table.concat(parts), 'PX', last)
-"""
+    add: frozenset[str]
+    end: frozenset[str]
+
+    def merge(self, other: Claims) -> Claims:
+        if not other.add and not other.end:
+            return self
+        return Claims(self.add | other.add, self.end | other.end)
 
 
-def replace_token(
-    current: bytes | None, pttl_ms: int, token: bytes, ttl_ms: int, commit_ms: int, ops: list[str]
-) -> tuple[bytes, int]:
-    """:data:`REPLACE_TOKEN` in Python: (value, TTL ms), for the in-process store.
-
-    ``pttl_ms`` is the current key's remaining TTL (as ``PTTL`` reports it).
-    """
-    ended = {op[1:] for op in ops if op.startswith("-")}
-    expected = next((op[1:] for op in ops if op.startswith("=")), None)
-    if expected is not None and (current or b"").decode() != expected:
-        token = next(op[1:] for op in ops if op.startswith("!")).encode()
-    left: dict[str, int] = {}
-
-    def keep(ident: str, ms: int) -> None:
-        if ms > 0 and ident not in ended and ident not in left:
-            left[ident] = ms
-
-    for op in ops:
-        if op.startswith("+"):
-            keep(op[1:], commit_ms)
-    if current is not None and current.startswith(PENDING):
-        for part in current.split(b";")[1:]:
-            ident, _, before = part.decode().partition("@")
-            keep(ident, pttl_ms - int(before))
-    if not left:
-        return token, ttl_ms
-    last = max(left.values())
-    parts = "".join(f";{ident}@{last - ms}" for ident, ms in left.items())
-    return PENDING + token + parts.encode(), last
+_NO_CLAIMS = Claims(frozenset(), frozenset())
 
 
 def new_token() -> bytes:
@@ -152,7 +79,7 @@ class Versions:
         #: how long a Core commit in flight may keep tokens pending (``lock_timeout``)
         self._commit_ms = max(1, int(commit_ttl * 1000))
         #: replacements Redis has not confirmed: key -> (generation, commit ids to add/end)
-        self._owed: dict[str, tuple[int, frozenset[str]]] = {}
+        self._owed: dict[str, tuple[int, Claims]] = {}
         self._generation = 0
         self._lock = threading.Lock()
 
@@ -171,11 +98,11 @@ class Versions:
         missing = [k for k, v in zip(keys, values, strict=True) if v is None]
         if not missing:
             return b"".join(values)  # type: ignore[arg-type]
-        commands: list[tuple[object, ...]] = []
+        operations: list[Operation] = []
         for key in missing:
-            commands.append(("SET", key, new_token(), "NX", "PX", self._ttl_ms))
-            commands.append(("GET", key))
-        replies = self.store.pipeline(commands)
+            operations.append(Set(key, new_token(), self._ttl_ms, only_if_absent=True))
+            operations.append(Get(key))
+        replies = self.store.run(operations)
         if replies is FAILED:
             return None
         created = dict(zip(missing, replies[1::2], strict=True))
@@ -184,76 +111,90 @@ class Versions:
             return None
         return self.stamps(tokens)
 
-    def bump(
+    def invalidate(
         self,
         keys: Iterable[str],
-        extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
+        extra: Callable[[Mapping[str, bytes]], list[Operation]] | None = None,
         *,
         pending: str | None = None,
         committed: str | None = None,
         expected: Mapping[str, bytes] | None = None,
     ) -> bool:
-        """Replace the tokens of ``keys``; remember them as owed if Redis fails.
+        """Replace the tokens of ``keys`` in one round trip; owe them if Redis fails.
 
         ``expected`` (key -> token read earlier) makes those replacements compare-and-swaps:
         the token handed to ``extra`` becomes current only if the key still held that value.
 
-        ``extra(new_tokens)`` may append commands to the same pipeline (entity write-through).
+        ``extra(new_tokens)`` may add operations to the same round trip (entity write-through).
         ``pending``: the id of a Core commit about to happen; the tokens stay pending until
-        ``bump(..., committed=id)`` or ``lock_timeout``.  A token pending for another commit
-        stays pending (see :data:`REPLACE_TOKEN`).
+        ``invalidate(..., committed=id)`` or ``lock_timeout``.  A token pending for another
+        commit stays pending (see ``io._scripts.REPLACE_TOKEN``).
         """
-        op: frozenset[str] = frozenset()
+        claim = _NO_CLAIMS
         if pending is not None:
-            op = frozenset({"+" + pending})
+            claim = Claims(frozenset((pending,)), frozenset())
         elif committed is not None:
-            op = frozenset({"-" + committed})
+            claim = Claims(frozenset(), frozenset((committed,)))
         keys = set(keys)
         with self._lock:
             owed = dict(self._owed)
-        work = {key: ops for key, (_, ops) in owed.items()}
+        work = {key: claims for key, (_, claims) in owed.items()}
         for key in keys:
-            work[key] = work.get(key, frozenset()) | op
+            work[key] = work.get(key, _NO_CLAIMS).merge(claim)
         if not work:
             return True
         tokens = {key: new_token() for key in sorted(work)}
+        swaps: dict[str, bytes] = {}
         if expected and pending is None:
-            for key, value in expected.items():
-                if key in work:
-                    swap = {"=" + value.decode(), "!" + new_token().decode()}
-                    work[key] = work[key] | swap
-        commands = self._commands(work, tokens)
+            swaps = {key: value for key, value in expected.items() if key in work}
+        operations = self._replacements(work, tokens, swaps)
         if extra is not None:
-            commands.extend(extra(tokens))
+            operations.extend(extra(tokens))
         started = time.perf_counter()
-        replies = self.store.pipeline(commands)
+        replies = self.store.run(operations)
         ok = replies is not FAILED
         self.store.stats.invalidated(len(tokens), ok, time.perf_counter() - started)
         if ok:
             self._settled(owed)
         else:
-            self._owe(keys, op)
+            self._owe(keys, claim)
             if keys:  # other processes serve the old entries until this is delivered
                 self._start_retrying()
         return ok
 
-    def _commands(
-        self, work: Mapping[str, frozenset[str]], tokens: Mapping[str, bytes]
-    ) -> list[tuple[Any, ...]]:
+    def _replacements(
+        self,
+        work: Mapping[str, Claims],
+        tokens: Mapping[str, bytes],
+        swaps: Mapping[str, bytes] | None = None,
+    ) -> list[Operation]:
         ttl_ms, commit_ms = self._ttl_ms, self._commit_ms
-        return [
-            ("EVAL", REPLACE_TOKEN, 1, key, token, ttl_ms, commit_ms, *sorted(work[key]))
-            for key, token in tokens.items()
-        ]
+        operations: list[Operation] = []
+        for key, token in tokens.items():
+            claims = work[key]
+            expected = None if swaps is None else swaps.get(key)
+            operations.append(
+                ReplaceToken(
+                    key,
+                    token,
+                    ttl_ms,
+                    commit_ms,
+                    claims.add,
+                    claims.end,
+                    expected,
+                    None if expected is None else new_token(),
+                )
+            )
+        return operations
 
-    def _owe(self, keys: Iterable[str], op: frozenset[str] = frozenset()) -> None:
+    def _owe(self, keys: Iterable[str], claim: Claims = _NO_CLAIMS) -> None:
         with self._lock:
             for key in keys:
                 self._generation += 1
                 previous = self._owed.get(key)
                 self._owed[key] = (
                     self._generation,
-                    op if previous is None else previous[1] | op,
+                    claim if previous is None else previous[1].merge(claim),
                 )
 
     # background delivery ---------------------------------------------------------------------
@@ -288,11 +229,11 @@ class Versions:
         if not owed:
             return True
         tokens = {key: new_token() for key in sorted(owed)}
-        commands = self._commands({key: ops for key, (_, ops) in owed.items()}, tokens)
+        operations = self._replacements({key: claims for key, (_, claims) in owed.items()}, tokens)
         store = self.store
         started = time.perf_counter()
         try:
-            store.io.pipeline(commands)
+            store.io.run(operations)
         except (RedisError, OSError):
             store.stats.errors += 1
             return False
@@ -307,7 +248,7 @@ class Versions:
         if self._owed:
             self.settle()
 
-    def _settled(self, sent: Mapping[str, tuple[int, frozenset[str]]]) -> None:
+    def _settled(self, sent: Mapping[str, tuple[int, Claims]]) -> None:
         """Forget what was sent, unless it was owed again meanwhile (a newer generation)."""
         with self._lock:
             for key, (generation, _) in sent.items():
@@ -315,14 +256,15 @@ class Versions:
                 if current is not None and current[0] == generation:
                     del self._owed[key]
 
-    def mark_pending(self, keys: Iterable[str]) -> None:
+    def owe(self, keys: Iterable[str]) -> None:
         """Replace these tokens before this process serves anything again."""
         self._owe(keys)
 
     @property
-    def has_pending(self) -> bool:
+    def owes(self) -> bool:
+        """True while replacements Redis has not confirmed are owed (reads then bypass)."""
         return bool(self._owed)
 
     def settle(self) -> bool:
-        """Retry owed replacements; True when none remain."""
-        return not self._owed or self.bump(())
+        """Deliver owed replacements now; True when none remain."""
+        return not self._owed or self.invalidate(())

@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .._config import CacheConfig
 from ..io._clients import connect_sync
+from ..io._ops import Operation
+from ..io._protocol import RedisIO
 from ..storage._codec import EntryCodec
 from ..storage._keys import KeyBuilder
 from ..storage._reader import Reader
 from ..storage._stats import StatsRecorder
-from ..storage._store import RedisIO, Store
+from ..storage._store import Store
 from ..storage._versions import Versions
 from ._commit import CoreCommitHooks
 from ._entities import Entities
@@ -55,7 +57,7 @@ class Core:
         )
         if config.invalidate_after_outage:
             all_key = [self.keys.all_key]
-            self.store.on_connection_lost = lambda: self.versions.mark_pending(all_key)
+            self.store.on_connection_lost = lambda: self.versions.owe(all_key)
         self.codec = EntryCodec(
             config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
         )
@@ -97,7 +99,7 @@ class Core:
     def invalidate_written(
         self,
         tables: Iterable[str],
-        extra: Callable[[Mapping[str, bytes]], list[tuple[Any, ...]]] | None = None,
+        extra: Callable[[Mapping[str, bytes]], list[Operation]] | None = None,
         *,
         pending: str | None = None,
         committed: str | None = None,
@@ -105,7 +107,7 @@ class Core:
     ) -> bool:
         """New tokens for written tables (and what rules add); ``extra`` joins the pipeline.
 
-        ``expected``: token keys swapped only-if-unchanged (see ``Versions.bump``).
+        ``expected``: token keys swapped only-if-unchanged (see ``Versions.invalidate``).
 
         ``pending`` (the id of a commit about to happen whose end cannot be observed): pending
         tokens, under which nothing is cached, until ``committed`` names that id after the
@@ -113,11 +115,13 @@ class Core:
         """
         tables = set(tables)
         if ALL_TABLES in tables:
-            return self.versions.bump([self.keys.all_key], pending=pending, committed=committed)
+            return self.versions.invalidate(
+                [self.keys.all_key], pending=pending, committed=committed
+            )
         tables, tags = self.write_rules.expand(tables)
         keys = [self.keys.table(t) for t in tables]
         keys.extend(self.keys.tag(t) for t in tags)
-        return self.versions.bump(
+        return self.versions.invalidate(
             keys, extra, pending=pending, committed=committed, expected=expected
         )
 

@@ -43,6 +43,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.selectable import TableClause
 
+from ..io._ops import Set, Unlink
 from ..storage._codec import CorruptEntry, Unencodable
 from ..storage._keys import UnkeyableParameter, fingerprint_parameters
 from ..storage._store import FAILED
@@ -161,9 +162,9 @@ class Entities:
         key = self.key(engine, mapper, pk, translate)
         deps = self.deps(hierarchy, translate)
         core = self.core
-        if core.versions.has_pending and not core.versions.settle():
+        if core.versions.owes and not core.versions.settle():
             return key, deps, None, None, mapper
-        values = core.store.mget([key, *deps])
+        values = core.store.get_many([key, *deps])
         if values is FAILED:
             return key, deps, None, None, mapper
         entry = values[0]
@@ -190,7 +191,7 @@ class Entities:
             return
         entry = self.seal(stamps, state.mapper, row)
         if entry is not None:
-            self.core.store.pipeline([("SET", key, entry, "PX", self.ttl_ms())])
+            self.core.store.run([Set(key, entry, self.ttl_ms())])
 
     def ttl_ms(self) -> int:
         return max(1, int(self.core.config.region(None).ttl * 1000))
@@ -299,7 +300,7 @@ class Entities:
         hierarchy.used = True
         translate = schema_map(bind)
         deps = self.deps(hierarchy, translate)
-        values = self.core.store.mget(deps)
+        values = self.core.store.get_many(deps)
         if values is FAILED:
             return False
         stamps = self.core.versions.ensure(deps, values)
@@ -310,13 +311,13 @@ class Entities:
         if entry is None:
             return False
         key = self.key(bind, mapper, state.key[1], translate)
-        return self.core.store.pipeline([("SET", key, entry, "PX", self.ttl_ms())]) is not FAILED
+        return self.core.store.run([Set(key, entry, self.ttl_ms())]) is not FAILED
 
     def forget_entity(self, cls: Any, pk: Any, bind: Any) -> bool:
         mapper = inspect(cls)
         pk = tuple(pk) if isinstance(pk, tuple | list) else (pk,)
         key = self.key(bind, mapper, pk, schema_map(bind))
-        return self.core.store.pipeline([("DEL", key)]) is not FAILED
+        return self.core.store.run([Unlink(key)]) is not FAILED
 
     # write-through (``_write_through``) ----------------------------------------------------
 

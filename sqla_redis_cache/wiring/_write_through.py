@@ -42,9 +42,10 @@ from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper
 
+from ..io._ops import CompareAndSet, Get, Operation, Set, Unlink
+from ..io._scripts import PENDING
 from ..storage._keys import UnkeyableParameter
-from ..storage._store import CAS_SET, FAILED
-from ..storage._versions import PENDING
+from ..storage._store import FAILED
 from ._entity_get import schema_map
 from ._listeners import Listeners
 from ._reads import ALL_TABLES, _snapshot_isolated
@@ -149,7 +150,7 @@ class WriteThrough(Listeners):
         self, conn: Any, noted: Mapping[str, tuple[Mapper[Any], tuple[Any, ...]]]
     ) -> Reloaded | None:
         core = self.core
-        if len(noted) > RELOAD_LIMIT or core.versions.has_pending or _snapshot_isolated(conn):
+        if len(noted) > RELOAD_LIMIT or core.versions.owes or _snapshot_isolated(conn):
             return None
         deps: dict[Mapper[Any], list[str]] = {}
         by_mapper: dict[Mapper[Any], dict[tuple[Any, ...], str]] = {}
@@ -160,9 +161,9 @@ class WriteThrough(Listeners):
         token_keys = sorted({k for keys in deps.values() for k in keys})
         marker = _MARKER_PREFIX + os.urandom(8).hex().encode()
         ttl = max(1, int(core.config.lock_timeout * 1000))
-        commands: list[tuple[Any, ...]] = [("SET", key, marker, "PX", ttl) for key in noted]
-        commands.extend(("GET", key) for key in token_keys)
-        replies = core.store.pipeline(commands)  # before the SELECT: see the module docstring
+        operations: list[Operation] = [Set(key, marker, ttl) for key in noted]
+        operations.extend(Get(key) for key in token_keys)
+        replies = core.store.run(operations)  # before the SELECT: see the module docstring
         if replies is FAILED:
             return None
         tokens = dict(zip(token_keys, replies[len(noted) :], strict=True))
@@ -246,8 +247,8 @@ class WriteThrough(Listeners):
             del expected[key]
         entities = self.entities
 
-        def commands(new_tokens: Mapping[str, bytes]) -> list[tuple[Any, ...]]:
-            out: list[tuple[Any, ...]] = []
+        def commands(new_tokens: Mapping[str, bytes]) -> list[Operation]:
+            out: list[Operation] = []
             ttl = entities.ttl_ms()
             for done in reloaded:
                 for key, (mapper, row, deps) in done.rows.items():
@@ -257,9 +258,9 @@ class WriteThrough(Listeners):
                         if stamps is not None:
                             entry = entities.seal(stamps, mapper, row)
                     if entry is not None:  # only where this transaction's marker still stands
-                        out.append(("EVAL", CAS_SET, 1, key, done.marker, entry, ttl))
+                        out.append(CompareAndSet(key, done.marker, entry, ttl))
                     else:
-                        out.append(("DEL", key))
+                        out.append(Unlink(key))
             return out
 
         core.invalidate_written(tables, extra=commands, expected=expected)
