@@ -16,13 +16,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ._errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from ._config import CacheConfig
 
 Node = tuple[str, int]
 
@@ -173,7 +170,40 @@ def url_db(url: str) -> int:
     return int(text)
 
 
-def validate(config: CacheConfig) -> None:
+class DeploymentSettings(Protocol):
+    """The settings :func:`validate` checks (``CacheConfig``'s deployment fields)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def cluster(self) -> bool: ...
+    @property
+    def cluster_nodes(self) -> tuple[Node, ...]: ...
+    @property
+    def sentinel_nodes(self) -> tuple[Node, ...]: ...
+    @property
+    def sentinel_master(self) -> str | None: ...
+    @property
+    def sentinel_username(self) -> str | None: ...
+    @property
+    def sentinel_password(self) -> str | None: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def tls_enabled(self) -> bool: ...
+    @property
+    def tls_ca_certs(self) -> str | None: ...
+    @property
+    def tls_certfile(self) -> str | None: ...
+    @property
+    def tls_keyfile(self) -> str | None: ...
+
+
+def validate(config: DeploymentSettings) -> None:
     """Reject deployment settings that cannot work together."""
     url = config.url
     if not _URL_RE.match(url):

@@ -13,12 +13,12 @@ request (POST, PUT, PATCH, DELETE) under the middleware invalidates those tags a
 like every other fill, so a write that races the request makes its entry stale at birth.
 
 :func:`status_app` serves ``GET /status`` and ``POST /status`` (``{"action": "clear-all" |
-"clear-db" | "clear-ai" | "reset-stats" | "warm-up"}``), the seed's status API.  It refuses to
+"clear-db" | "clear-ai" | "reset-stats" | "warm-up"}``).  It refuses to
 exist without a ``guard``: an unguarded mount raises at construction, before the app starts.
 
 Redis calls here never block the event loop: they go through the cache's asyncio I/O
-(``_aio``: redis.asyncio awaited from a SQLAlchemy greenlet), with the store's fail-open rules
-(50 ms timeouts, circuit breaker); the slow operator actions run in a worker thread.
+(``io._asyncio``: redis.asyncio awaited from a SQLAlchemy greenlet), with the store's fail-open
+rules (50 ms timeouts, circuit breaker); the slow operator actions run in a worker thread.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from ._cache import QueryCache
+from ._cache import QueryCache, internals
 from ._config import clean_names
 from ._errors import ConfigurationError
 from .features._generic import seal_value
@@ -118,15 +118,15 @@ class CacheMiddleware:
         if any(name in headers for name in self.private):
             await self.app(scope, receive, send)
             return
-        core = self.cache._core
+        storage = internals(self.cache).storage
         tags = self._tags(scope)
-        key = core.keys.generic(self._key(scope, headers))
-        deps = core.keys.dependencies((), tags)
+        key = storage.keys.generic(self._key(scope, headers))
+        deps = storage.keys.dependencies((), tags)
         started = time.perf_counter()
         values, opened = await self._router().run(self._lookup, key, deps)
         if values is not FAILED:
             if opened is not None:
-                core.stats.hit(time.perf_counter() - started)
+                storage.stats.hit(time.perf_counter() - started)
                 status, response_headers, body = opened[1]
                 await send(
                     {
@@ -138,23 +138,21 @@ class CacheMiddleware:
                 )
                 await send({"type": "http.response.body", "body": bytes(body)})
                 return
-            core.stats.misses += 1
+            storage.stats.misses += 1
         else:
-            core.stats.bypasses += 1
+            storage.stats.bypasses += 1
         await self._fill(scope, receive, send, key, deps, tags, values)
 
     def _router(self) -> Any:
-        from .io._asyncio import router
-
-        return router(self.cache._core.store)
+        return internals(self.cache).storage.async_router()
 
     def _lookup(self, key: str, deps: list[str]) -> tuple[Any, Any]:
         """(values read, opened entry or None); runs in a greenlet, Redis calls awaited."""
-        core = self.cache._core
-        values = core.store.get_many([key, *deps])
+        storage = internals(self.cache).storage
+        values = storage.store.get_many([key, *deps])
         if values is FAILED:
             return values, None
-        return values, core.reader._open(key, values, _payload, None)
+        return values, storage.reader.open_entry(key, values, _payload, None)
 
     async def _fill(
         self,
@@ -166,9 +164,9 @@ class CacheMiddleware:
         tags: tuple[str, ...],
         values: Any,
     ) -> None:
-        core = self.cache._core
+        storage = internals(self.cache).storage
         run = self._router().run
-        stamps = None if values is FAILED else await run(core.versions.ensure, deps, values[1:])
+        stamps = None if values is FAILED else await run(storage.versions.ensure, deps, values[1:])
         state: dict[str, Any] = {"keep": stamps is not None, "body": []}
 
         async def capture(message: Message) -> None:
@@ -185,8 +183,8 @@ class CacheMiddleware:
                     state["keep"] = False
                 if not message.get("more_body", False) and state["keep"]:
                     value = [state["status"], state["headers"], b"".join(state["body"])]
-                    entry = seal_value(core, stamps or b"", tags, value, None)
-                    await run(core.store.run, [Set(key, entry, self.ttl_ms)])
+                    entry = seal_value(storage, stamps or b"", tags, value, None)
+                    await run(storage.store.run, [Set(key, entry, self.ttl_ms)])
             await send(message)
 
         await self.app(scope, receive, capture)
@@ -242,7 +240,7 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from .features import _admin as _ops
+    from . import _operator
 
     async def allowed(request: Request) -> bool:
         verdict = guard(request)
@@ -252,9 +250,9 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
 
     def act(action: str) -> Any:
         if action == "clear-all":
-            return _ops.clear(cache, everything=True)
+            return _operator.clear(cache, everything=True)
         if action == "clear-db":
-            return _ops.clear(cache, queries=True, entities=True)
+            return _operator.clear(cache, queries=True, entities=True)
         if action == "clear-ai":
             return {"memoized": cache.delete_pattern("memo:*")}
         if action == "reset-stats":
@@ -266,7 +264,7 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
         if not await allowed(request):
             return JSONResponse({"error": "forbidden"}, status_code=403)
         if request.method == "GET":
-            return JSONResponse(await run_in_threadpool(_ops.status, cache))
+            return JSONResponse(await run_in_threadpool(_operator.status, cache))
         try:
             body = await request.json()
             action = body["action"]

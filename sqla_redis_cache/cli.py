@@ -110,7 +110,7 @@ def _load_app(spec: str) -> Any:
 
 def _connect(app: str | None, redis_url: str | None, namespace: str) -> Any:
     from ._cache import QueryCache
-    from .features._admin import connection_error
+    from ._operator import connection_error
 
     try:
         if app:
@@ -127,7 +127,7 @@ def _connect(app: str | None, redis_url: str | None, namespace: str) -> Any:
     return cache
 
 
-def _operator(fn: F) -> F:
+def _operator_command(fn: F) -> F:
     """Adds the connection options; passes a connected ``cache`` to the command."""
 
     @click.option("--app", envvar="SQLA_CACHE_APP", help="The app's QueryCache, 'module:attr'.")
@@ -172,11 +172,11 @@ def _stats_lines(stats: dict[str, Any]) -> None:
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(cache: Any, as_json: bool) -> None:
     """Connection, server, memory and entries of the namespace, hit rate and errors."""
-    from .features._admin import status as status_report
+    from ._operator import status as status_report
 
     report = status_report(cache)
     if as_json:
@@ -200,7 +200,7 @@ def status(cache: Any, as_json: bool) -> None:
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(cache: Any, as_json: bool) -> None:
     """Hits, misses, errors and latency of every process sharing the namespace."""
@@ -215,7 +215,7 @@ def stats(cache: Any, as_json: bool) -> None:
 
 
 @main.command("reset-stats")
-@_operator
+@_operator_command
 def reset_stats(cache: Any) -> None:
     """Zero the shared statistics of the namespace."""
     cache.reset_stats(shared=True)
@@ -223,7 +223,7 @@ def reset_stats(cache: Any) -> None:
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--all", "everything", is_flag=True, help="Everything in the namespace.")
 @click.option("--queries", is_flag=True, help="Cached query results.")
 @click.option("--entities", is_flag=True, help="Cached entities.")
@@ -242,7 +242,7 @@ def clear(
     yes: bool,
 ) -> None:
     """Invalidate or delete cached entries (asks first unless --yes)."""
-    from .features._admin import clear as clear_entries
+    from ._operator import clear as clear_entries
 
     if not (everything or queries or entities or tables or tags or patterns):
         raise click.UsageError(
@@ -279,7 +279,7 @@ def clear(
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def warm(cache: Any, as_json: bool) -> None:
     """Run the warm-up callables the application registered (needs --app)."""

@@ -47,7 +47,7 @@ def redis_target(cluster: Cluster) -> RedisTarget:
 def test_cache_uses_a_cluster_client(cache: QueryCache) -> None:
     from redis.cluster import RedisCluster
 
-    assert isinstance(cache._core.store.io.client, RedisCluster)  # type: ignore[attr-defined]
+    assert isinstance(cache._storage.store.io.client, RedisCluster)  # type: ignore[attr-defined]
 
 
 def test_a_closed_cache_stays_usable(cache: QueryCache) -> None:

@@ -189,7 +189,7 @@ def test_breaker_down_redis_costs_under_a_millisecond_and_recovers(
         for _ in range(3):  # discovering the outage: these may pay the timeout
             run(cached_stmt)
         assert qc.stats().errors == 3
-        assert qc._core.store.breaker.is_open
+        assert qc._storage.store.breaker.is_open
         down: list[float] = []
         plain: list[float] = []
         started = time.monotonic()
@@ -229,7 +229,7 @@ def test_open_breaker_sends_nothing_and_probes_in_the_background(namespace: str)
     server = FaultServer("disconnect")  # counts the requests that reach it
     try:
         with custom_cache(server.url, namespace, breaker_threshold=2, breaker_cooldown=0.3) as qc:
-            store = qc._core.store
+            store = qc._storage.store
             assert qc.get("a") is None and qc.get("b") is None
             opened = time.monotonic()
             assert store.breaker.is_open
@@ -255,7 +255,7 @@ def test_query_cache_ping_bypasses_the_breaker(namespace: str) -> None:
     port = free_port()
     with custom_cache(f"redis://127.0.0.1:{port}/0", namespace, breaker_threshold=1) as qc:
         assert qc.get("x") is None
-        assert qc._core.store.breaker.is_open
+        assert qc._storage.store.breaker.is_open
         assert qc.ping() is False
         server = start_redis_server(port)
         try:

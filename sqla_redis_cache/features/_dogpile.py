@@ -11,24 +11,22 @@ misses, multi-key reads never cross hash slots, and its mutex is a Redis lock wi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, CantDeserializeException
 from dogpile.cache.region import CacheRegion, make_region
 
 from ..io._ops import Set, Unlink
+from ..storage import Storage
 from ..storage._codec import CorruptEntry, Unencodable
 from ..storage._store import FAILED
 
-if TYPE_CHECKING:
-    from ..wiring._attach import Core
-
 
 class RedisBackend(BytesBackend):  # type: ignore[misc]
-    """``arguments``: ``core`` (the cache internals) and ``prefix``."""
+    """``arguments``: ``storage`` (the cache's storage layer), ``prefix`` and ``ttl``."""
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
-        self.core: Core = arguments["core"]
+        self.storage: Storage = arguments["storage"]
         self.prefix: str = arguments["prefix"]
         self.ttl_ms = int(arguments["ttl"] * 1000)
 
@@ -40,7 +38,7 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
 
     def get_serialized_multi(self, keys: Iterable[str]) -> list[Any]:
         keys = list(keys)
-        values = self.core.store.get_many([self._k(k) for k in keys])
+        values = self.storage.store.get_many([self._k(k) for k in keys])
         if values is FAILED:
             return [NO_VALUE] * len(keys)
         return [self._open(v) for v in values]
@@ -50,9 +48,9 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
         if sealed is None:
             return NO_VALUE
         try:
-            opened = self.core.codec.open(sealed, None)
+            opened = self.storage.codec.open(sealed, None)
         except CorruptEntry:
-            self.core.stats.corrupt += 1
+            self.storage.stats.corrupt += 1
             return NO_VALUE
         return NO_VALUE if opened is None or not isinstance(opened[1], bytes) else opened[1]
 
@@ -60,8 +58,8 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
         self.set_serialized_multi({key: value})
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
-        codec = self.core.codec
-        self.core.store.run(
+        codec = self.storage.codec
+        self.storage.store.run(
             [Set(self._k(k), codec.seal(b"", v), self.ttl_ms) for k, v in mapping.items()]
         )
 
@@ -69,15 +67,15 @@ class RedisBackend(BytesBackend):  # type: ignore[misc]
         self.delete_multi([key])
 
     def delete_multi(self, keys: Iterable[str]) -> None:
-        self.core.store.run([Unlink(self._k(k)) for k in keys])
+        self.storage.store.run([Unlink(self._k(k)) for k in keys])
 
     def get_mutex(self, key: str) -> Any:
-        return self.core.store.lock(self._k(key) + ":lock")
+        return self.storage.store.lock(self._k(key) + ":lock")
 
 
-def make_dogpile_region(core: Core, name: str) -> CacheRegion:
-    region_config = core.config.region(name)
-    codec = core.codec
+def make_dogpile_region(storage: Storage, name: str) -> CacheRegion:
+    region_config = storage.config.region(name)
+    codec = storage.codec
 
     def serialize(value: Any) -> bytes:
         try:
@@ -97,8 +95,8 @@ def make_dogpile_region(core: Core, name: str) -> CacheRegion:
         "sqla_redis_cache",
         expiration_time=region_config.refresh_after or region_config.ttl,
         arguments={
-            "core": core,
-            "prefix": f"{core.keys.prefix}r:{name}:",
+            "storage": storage,
+            "prefix": f"{storage.keys.prefix}r:{name}:",
             "ttl": region_config.ttl,
         },
     )

@@ -1,4 +1,4 @@
-"""The seed guide's key/value API: set, get, get_or_set, delete, delete_pattern.
+"""The generic key/value API: set, get, get_or_set, delete, delete_pattern.
 
 Generic values live under ``ns:k:<key>`` in the same authenticated envelope as query results,
 with the payload ``[tags, value]``.  Their stamps are the tokens of the namespace and of their
@@ -21,29 +21,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from .._config import clean_names, seconds
 from ..io._ops import Set, Unlink
+from ..storage import Storage
 from ..storage._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
+from ..storage._keys import escape_glob
 from ..storage._store import FAILED
 from ..storage._versions import Versions
-
-if TYPE_CHECKING:
-    from ..wiring._attach import Core
 
 T = TypeVar("T")
 _MISSING: Any = object()
 
 
-def _deps(core: Core, tags: Sequence[str]) -> list[str]:
-    return core.keys.dependencies((), tags)
+def _deps(storage: Storage, tags: Sequence[str]) -> list[str]:
+    return storage.keys.dependencies((), tags)
 
 
-def _ttl(core: Core, ttl: float | None, region: str | None) -> float:
+def ttl_seconds(storage: Storage, ttl: float | None, region: str | None) -> float:
+    """``ttl`` checked, else the TTL of ``region`` (the default region when None)."""
     if ttl is not None:
         return seconds("ttl", ttl)
-    return core.config.region(region).ttl
+    return storage.config.region(region).ttl
 
 
 def _bad_value(what: str, exc: Unencodable) -> Exception:
@@ -53,16 +53,16 @@ def _bad_value(what: str, exc: Unencodable) -> Exception:
 
 
 def seal_value(
-    core: Core, stamps: bytes, tags: Sequence[str], value: Any, compress: bool | str | None
+    storage: Storage, stamps: bytes, tags: Sequence[str], value: Any, compress: bool | str | None
 ) -> bytes:
     try:
-        return core.codec.seal(stamps, [list(tags), value], compress=compress, verify=True)
+        return storage.codec.seal(stamps, [list(tags), value], compress=compress, verify=True)
     except Unencodable as exc:
         raise _bad_value(f"value of type {type(value).__qualname__}", exc) from exc
 
 
 def set_value(
-    core: Core,
+    storage: Storage,
     key: str,
     value: Any,
     *,
@@ -72,54 +72,54 @@ def set_value(
     region: str | None = None,
 ) -> bool:
     """Store ``value``; False if Redis was unavailable.  Bad input raises, storing nothing."""
-    redis_key = core.keys.generic(key)
+    redis_key = storage.keys.generic(key)
     clean_tags = clean_names("tags", tags)
-    seconds = _ttl(core, ttl, region)
+    seconds = ttl_seconds(storage, ttl, region)
     # validate the value before touching Redis
-    seal_value(core, b"", clean_tags, value, compress)
-    deps = _deps(core, clean_tags)
-    tokens = core.store.get_many(deps)
+    seal_value(storage, b"", clean_tags, value, compress)
+    deps = _deps(storage, clean_tags)
+    tokens = storage.store.get_many(deps)
     if tokens is FAILED:
         return False
-    stamps = core.versions.ensure(deps, tokens)
+    stamps = storage.versions.ensure(deps, tokens)
     if stamps is None:
         return False
-    entry = seal_value(core, stamps, clean_tags, value, compress)
-    reply = core.store.run([Set(redis_key, entry, int(seconds * 1000))])
+    entry = seal_value(storage, stamps, clean_tags, value, compress)
+    reply = storage.store.run([Set(redis_key, entry, int(seconds * 1000))])
     return reply is not FAILED
 
 
-def get_value(core: Core, key: str, default: Any = None) -> Any:
-    redis_key = core.keys.generic(key)
-    if core.versions.owes and not core.versions.settle():
+def get_value(storage: Storage, key: str, default: Any = None) -> Any:
+    redis_key = storage.keys.generic(key)
+    if storage.versions.owes and not storage.versions.settle():
         return default
     started = time.perf_counter()
-    values = core.store.get_many([redis_key, core.keys.all_key])
+    values = storage.store.get_many([redis_key, storage.keys.all_key])
     if values is FAILED:
         return default
     entry, all_token = values
-    value = _open(core, entry, all_token)
+    value = _open(storage, entry, all_token)
     if value is _MISSING:
-        core.stats.misses += 1
+        storage.stats.misses += 1
         return default
-    core.stats.hit(time.perf_counter() - started)
+    storage.stats.hit(time.perf_counter() - started)
     return value
 
 
-def _open(core: Core, entry: bytes | None, all_token: bytes | None) -> Any:
+def _open(storage: Storage, entry: bytes | None, all_token: bytes | None) -> Any:
     if entry is None or all_token is None:
         return _MISSING
-    codec: EntryCodec = core.codec
+    codec: EntryCodec = storage.codec
     try:
         opened = codec.open(entry, None)
     except CorruptEntry:
-        core.stats.corrupt += 1
+        storage.stats.corrupt += 1
         return _MISSING
     assert opened is not None
     tags, value = opened[1]
     tokens: list[bytes | None] = [all_token]
     if tags:
-        more = core.store.get_many([core.keys.tag(t) for t in tags])
+        more = storage.store.get_many([storage.keys.tag(t) for t in tags])
         if more is FAILED:
             return _MISSING
         tokens.extend(more)
@@ -130,7 +130,7 @@ def _open(core: Core, entry: bytes | None, all_token: bytes | None) -> Any:
 
 
 def get_or_set(
-    core: Core,
+    storage: Storage,
     key: str,
     creator: Callable[[], T],
     *,
@@ -140,10 +140,10 @@ def get_or_set(
     region: str | None = None,
 ) -> T:
     """Cache-aside: ``creator`` runs once per miss across processes (stampede lock)."""
-    redis_key = core.keys.generic(key)
+    redis_key = storage.keys.generic(key)
     clean_tags = clean_names("tags", tags)
-    seconds = _ttl(core, ttl, region)
-    refresh = core.config.region(region).refresh_after if ttl is None else None
+    seconds = ttl_seconds(storage, ttl, region)
+    refresh = storage.config.region(region).refresh_after if ttl is None else None
 
     def encode(value: T) -> list[Any]:
         return [list(clean_tags), value]
@@ -153,9 +153,9 @@ def get_or_set(
         return result
 
     try:
-        value, _ = core.reader.read(
+        value, _ = storage.reader.read(
             redis_key,
-            _deps(core, clean_tags),
+            _deps(storage, clean_tags),
             creator,
             ttl=seconds,
             refresh_after=refresh,
@@ -170,14 +170,26 @@ def get_or_set(
     return value
 
 
-def delete(core: Core, key: str) -> bool:
-    reply = core.store.run([Unlink(core.keys.generic(key))])
+def delete(storage: Storage, key: str) -> bool:
+    reply = storage.store.run([Unlink(storage.keys.generic(key))])
     return reply is not FAILED and bool(reply[0])
 
 
-def delete_pattern(core: Core, pattern: str) -> int:
-    """Delete generic keys matching a glob relative to the namespace; returns how many."""
+def delete_pattern(storage: Storage, pattern: str) -> int:
+    """Delete generic keys matching a glob relative to the namespace; how many, -1 when Redis
+    failed (as ``clear()`` reports it)."""
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("pattern must be a non-empty string")
-    deleted = core.store.call(core.store.io.delete_matching, core.keys.pattern(pattern))
-    return 0 if deleted is FAILED else int(deleted)
+    deleted = storage.store.call(storage.store.io.delete_matching, storage.keys.pattern(pattern))
+    return -1 if deleted is FAILED else int(deleted)
+
+
+def delete_namespace(storage: Storage) -> int:
+    """Delete every key of the namespace (after ``clear()`` invalidated them all); how many,
+    -1 when Redis failed."""
+    everything = escape_glob(storage.keys.prefix) + "*"
+    deleted = storage.store.call(storage.store.io.delete_matching, everything)
+    if deleted is FAILED:
+        return -1
+    storage.stats.drain()[1]()  # the shared stats went too: do not resurrect them on close
+    return int(deleted)

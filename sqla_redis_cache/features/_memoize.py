@@ -1,4 +1,5 @@
-"""``QueryCache.memoize``: the seed guide's AI-response cache, for any expensive function.
+"""``QueryCache.memoize``: cache the results of any expensive function (an API call, a model's
+completion, a report) by its arguments.
 
 The key is the function's module and qualified name plus a digest of its arguments, bound to its
 signature first (so ``f(1)`` and ``f(x=1)`` share an entry) and fingerprinted with the same rules
@@ -9,7 +10,7 @@ time, never a silent collision; pass ``key=`` to derive the key yourself (e.g. f
 Entries are generic values (``<ns>:k:memo:<name>:<digest>``), so tags, ``invalidate_tags``,
 ``clear()`` and ``delete_pattern("memo:*")`` reach them.  Synchronous functions go through the
 shared read-through (one round trip per hit, a Redis lock so one caller builds a missing value).
-Coroutine functions take the very same path through the cache's asyncio support (``_aio``):
+Coroutine functions take the very same path through the cache's asyncio I/O (``io._asyncio``):
 Redis commands are awaited on the running loop and concurrent callers of one loop queue on an
 ``asyncio.Lock`` in front of the Redis lock, so the event loop never blocks (this needs the
 ``asyncio`` extra, which brings greenlet).
@@ -21,14 +22,13 @@ import functools
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from .._config import clean_names
+from ..io._asyncio import awaiting
+from ..storage import Storage
 from ..storage._keys import UnkeyableParameter, fingerprint_parameters
 from . import _generic
-
-if TYPE_CHECKING:
-    from ..wiring._attach import Core
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,20 +38,19 @@ class _Memo:
 
     def __init__(
         self,
-        core: Core,
+        storage: Storage,
         fn: Callable[..., Any],
         ttl: float | None,
         tags: tuple[str, ...],
         region: str | None,
         key: Callable[..., str] | None,
     ) -> None:
-        self.core = core
+        self.storage = storage
         self.fn = fn
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self.signature = inspect.signature(fn)
-        self.ttl = _generic._ttl(core, ttl, region)
+        self.ttl = _generic.ttl_seconds(storage, ttl, region)
         self.tags = tags
-        self.deps = core.keys.dependencies((), tags)
         self.key_fn = key
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -72,25 +71,23 @@ class _Memo:
 
     def call_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return _generic.get_or_set(
-            self.core, self.key(args, kwargs), lambda: self.fn(*args, **kwargs),
+            self.storage, self.key(args, kwargs), lambda: self.fn(*args, **kwargs),
             ttl=self.ttl, tags=self.tags,
         )  # fmt: skip
 
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        from ..io._asyncio import awaiting, router
-
-        loop_router = router(self.core.store)
+        loop_router = self.storage.async_router()
         key = self.key(args, kwargs)
         read = functools.partial(_generic.get_or_set, ttl=self.ttl, tags=self.tags)
         creator = awaiting(loop_router, lambda: self.fn(*args, **kwargs))
-        return await loop_router.run(read, self.core, key, creator)
+        return await loop_router.run(read, self.storage, key, creator)
 
     def invalidate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        return _generic.delete(self.core, self.key(args, kwargs))
+        return _generic.delete(self.storage, self.key(args, kwargs))
 
 
 def memoize(
-    core: Core,
+    storage: Storage,
     *,
     ttl: float | None = None,
     tags: Iterable[str] | str | None = None,
@@ -98,10 +95,10 @@ def memoize(
     key: Callable[..., str] | None = None,
 ) -> Callable[[F], F]:
     clean_tags = clean_names("tags", tags)
-    _generic._ttl(core, ttl, region)  # bad ttl or unknown region: fail here, not at call time
+    _generic.ttl_seconds(storage, ttl, region)  # bad ttl, unknown region: fail here, not later
 
     def decorate(fn: F) -> F:
-        memo = _Memo(core, fn, ttl, clean_tags, region, key)
+        memo = _Memo(storage, fn, ttl, clean_tags, region, key)
         wrapper: Any
         if inspect.iscoroutinefunction(fn):
 

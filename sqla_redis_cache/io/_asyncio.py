@@ -1,25 +1,28 @@
-"""asyncio: the same cache under ``AsyncSession``, without ever blocking the event loop.
+"""asyncio I/O: the same operations under ``AsyncSession``, without ever blocking the event loop.
 
-SQLAlchemy runs an ``AsyncSession``'s ORM code, and therefore our session and engine listeners,
-synchronously inside a greenlet it spawned from the event loop; a driver call in there is
-``await_(coroutine)``, which switches back to the loop while the database answers.  The cache
-does exactly the same: the :class:`~._store.Store`'s io selector (:class:`LoopRouter`) hands out,
-inside such a greenlet, an :class:`AsyncIO` whose every command is ``await_(redis.asyncio …)``.
+SQLAlchemy runs an ``AsyncSession``'s ORM code, and therefore the cache's session and engine
+listeners, synchronously inside a greenlet it spawned from the event loop; a driver call in
+there is ``await_(coroutine)``, which switches back to the loop while the database answers.  The
+cache does exactly the same: the store's io selector (:class:`LoopRouter`, installed by
+``storage.Storage.async_router``) hands out, inside such a greenlet, an :class:`AsyncIO` whose
+every operation is ``await_(redis.asyncio …)``.
 Everything above the I/O (reader, version tokens, dogpile lock, codec) is the sync code,
 unchanged, so both paths keep the same guarantees by construction.  Outside a greenlet the
 selector answers None and the synchronous client is used: the sync hot path is not touched.
 
 A ``redis.asyncio`` connection belongs to the loop that opened it, so each loop gets its own
-client; clients of closed loops are dropped.  A cache on another :class:`~._store.RedisIO` (the
-in-process one, a custom one) keeps calling it as is, with loop-aware locks.
+client; clients of closed loops are dropped.  A cache on another :class:`~._protocol.RedisIO`
+(the in-process one, a custom one) keeps calling it as is, with loop-aware locks.
 
 Stampede protection must never hold a threading lock across an await (the deadlock of the plain
 dogpile recipe): :class:`_AsyncMutex` puts an ``asyncio.Lock`` per key and loop in front of the
 Redis lock, so the coroutines of one loop queue on the loop instead of polling Redis, and other
 processes still meet the Redis lock.
 
-greenlet is optional for SQLAlchemy 2.1 (``sqlalchemy[asyncio]``): it is imported only when
-asyncio support is first used, with an error naming the extra if it is missing.
+SQLAlchemy's bridge (``await_``, ``greenlet_spawn``, the marker of its greenlets) is handed in
+as a :class:`Concurrency` by the wiring (``wiring._compat``), so this package imports nothing
+of SQLAlchemy; greenlet is optional for SQLAlchemy 2.1 and imported only when asyncio support
+is first used.
 """
 
 from __future__ import annotations
@@ -27,18 +30,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import LockError, RedisError
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from .._config import CacheConfig
-from ..storage._store import Store
-from ..wiring._attach import engines_of_binds
 from ._clients import make_async_client
 from ._ops import Operation
 from ._protocol import Mutex, RedisIO
@@ -46,22 +43,19 @@ from ._sync import DELETE_BATCH, SyncIO, as_text, queue, reply, server_summary
 
 T = TypeVar("T")
 
-MISSING_GREENLET = (
-    "asyncio support needs the 'greenlet' package: install 'sqla-redis-cache[asyncio]' "
-    "(which brings 'sqlalchemy[asyncio]')"
-)
 
+class Concurrency(Protocol):
+    """SQLAlchemy's asyncio bridge, handed in by the wiring (``wiring._compat.concurrency``):
+    this package never imports SQLAlchemy."""
 
-def _concurrency() -> tuple[Callable[[Awaitable[Any]], Any], Any, Callable[[], Any]]:
-    """(await_, greenlet_spawn, getcurrent) for the installed SQLAlchemy (2.0 or 2.1)."""
-    try:
-        from greenlet import getcurrent
-    except ImportError as exc:
-        raise ImportError(MISSING_GREENLET) from exc
-    from sqlalchemy.util import concurrency
-
-    await_ = getattr(concurrency, "await_", None) or concurrency.await_only
-    return await_, concurrency.greenlet_spawn, getcurrent
+    @property
+    def await_(self) -> Callable[[Awaitable[Any]], Any]: ...
+    @property
+    def spawn(self) -> Callable[..., Awaitable[Any]]: ...
+    @property
+    def getcurrent(self) -> Callable[[], Any]: ...
+    @property
+    def marker(self) -> str: ...
 
 
 class _LoopLocks:
@@ -72,7 +66,7 @@ class _LoopLocks:
         #: name -> [lock, users]
         self.local_locks: dict[str, list[Any]] = {}
 
-    def _local_lock(self, name: str) -> asyncio.Lock:
+    def local_lock(self, name: str) -> asyncio.Lock:
         entry = self.local_locks.get(name)
         if entry is None:
             entry = self.local_locks[name] = [asyncio.Lock(), 0]
@@ -80,7 +74,7 @@ class _LoopLocks:
         lock: asyncio.Lock = entry[0]
         return lock
 
-    def _unref(self, name: str) -> None:
+    def unref(self, name: str) -> None:
         entry = self.local_locks.get(name)
         if entry is not None:
             entry[1] -= 1
@@ -89,7 +83,7 @@ class _LoopLocks:
 
 
 class AsyncIO(_LoopLocks):
-    """:class:`~._store.RedisIO` over ``redis.asyncio``, called from SQLAlchemy's greenlet."""
+    """:class:`~._protocol.RedisIO` over ``redis.asyncio``, called from SQLAlchemy's greenlet."""
 
     def __init__(
         self, client: Any, await_: Callable[[Awaitable[Any]], Any], *, cluster: bool = False
@@ -155,7 +149,7 @@ class AsyncIO(_LoopLocks):
 
 
 class InProcessIO(_LoopLocks):
-    """Any other :class:`~._store.RedisIO` (the in-memory one, a custom one), called as is,
+    """Any other :class:`~._protocol.RedisIO` (the in-memory one, a custom one), called as is,
     with loop-aware locks: its own may be threading locks, fatal when held across an await."""
 
     def __init__(self, io: RedisIO, await_: Callable[[Awaitable[Any]], Any]) -> None:
@@ -203,23 +197,23 @@ class _AsyncMutex:
 
     async def _acquire(self, wait: bool) -> bool:
         io = self._io
-        local = io._local_lock(self._name)
+        local = io.local_lock(self._name)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
         try:
             if not wait:
                 if local.locked():
-                    io._unref(self._name)
+                    io.unref(self._name)
                     return False
                 await local.acquire()  # free: returns at once
             else:
                 async with asyncio.timeout(self._wait):
                     await local.acquire()
         except TimeoutError:
-            io._unref(self._name)
+            io.unref(self._name)
             return True  # waited long enough: build without the lock
         except BaseException:
-            io._unref(self._name)
+            io.unref(self._name)
             raise
         self._local = local
         if self._redis_lock is None:
@@ -253,15 +247,16 @@ class _AsyncMutex:
         local, self._local = self._local, None
         if local is not None:
             local.release()
-            self._io._unref(self._name)
+            self._io.unref(self._name)
 
 
 class LoopRouter:
     """The store's io selector: the running loop's :class:`AsyncIO` inside SQLAlchemy's
     greenlet, None (the synchronous client) everywhere else."""
 
-    def __init__(self, config: CacheConfig, default: RedisIO) -> None:
-        self.await_, self.spawn, self._getcurrent = _concurrency()
+    def __init__(self, config: CacheConfig, default: RedisIO, bridge: Concurrency) -> None:
+        self.await_, self.spawn = bridge.await_, bridge.spawn
+        self._getcurrent, self._marker = bridge.getcurrent, bridge.marker
         self.config = config
         #: a redis-py client gets a redis.asyncio twin; any other I/O is used as is
         self._default = None if isinstance(default, SyncIO) else default
@@ -270,7 +265,7 @@ class LoopRouter:
         self._mutex = threading.Lock()
 
     def __call__(self) -> RedisIO | None:
-        if not getattr(self._getcurrent(), "__sqlalchemy_greenlet_provider__", False):
+        if not getattr(self._getcurrent(), self._marker, False):  # not SQLAlchemy's greenlet
             return None
         return self.current()
 
@@ -315,18 +310,6 @@ class LoopRouter:
             self._last = (None, None)
 
 
-def router(store: Store) -> LoopRouter:
-    """The store's :class:`LoopRouter`, installed on first use."""
-    selector = store.io_selector
-    if isinstance(selector, LoopRouter):
-        return selector
-    if selector is not None:
-        raise RuntimeError("the store already has another io selector")
-    selector = LoopRouter(store.config, store.io)
-    store.io_selector = selector
-    return selector
-
-
 def awaiting(router: LoopRouter, creator: Callable[[], Any]) -> Callable[[], Any]:
     """``creator`` for greenlet code: an awaitable it returns is awaited on the loop."""
     await_ = router.await_
@@ -338,49 +321,3 @@ def awaiting(router: LoopRouter, creator: Callable[[], Any]) -> Callable[[], Any
         return value
 
     return build
-
-
-# attach() targets ---------------------------------------------------------------------------
-
-_SCOPED: weakref.WeakKeyDictionary[async_sessionmaker[Any], type[Session]] = (
-    weakref.WeakKeyDictionary()
-)
-_SCOPED_LOCK = threading.Lock()
-
-
-def is_async_target(target: Any) -> bool:
-    return isinstance(target, AsyncEngine | AsyncSession | async_sessionmaker)
-
-
-def _scoped_session_class(maker: async_sessionmaker[Any]) -> type[Session]:
-    """A Session subclass of this maker's own, so listeners reach only its sessions.
-
-    ``AsyncSession`` builds its inner session from ``sync_session_class``, by default the global
-    ``Session`` class itself; listening there would reach every session of the process.
-    """
-    with _SCOPED_LOCK:
-        scoped = _SCOPED.get(maker)
-        if scoped is None:
-            base: type[Session] = (
-                maker.kw.get("sync_session_class") or maker.class_.sync_session_class
-            )
-            scoped = type(base.__name__, (base,), {"__module__": base.__module__})
-            maker.configure(sync_session_class=scoped)
-            _SCOPED[maker] = scoped
-        return scoped
-
-
-def sync_target(target: Any, *, create: bool = True) -> tuple[Any, list[Engine]]:
-    """The synchronous object whose events serve an async ``target``, and its engines.
-
-    With ``create=False`` (detach) an async_sessionmaker never attached gives ``(None, [])``.
-    """
-    if isinstance(target, AsyncEngine):
-        return target.sync_engine, [target.sync_engine]
-    if isinstance(target, AsyncSession):
-        return target.sync_session, engines_of_binds(target.sync_session.bind)
-    maker: async_sessionmaker[Any] = target
-    if not create:
-        return _SCOPED.get(maker), []
-    binds = maker.kw.get("binds") or {}
-    return _scoped_session_class(maker), engines_of_binds(maker.kw.get("bind"), *binds.values())

@@ -58,7 +58,12 @@ def _psycopg2_range(cls: type) -> Kind:
         lower, upper, bounds = state
         return cls(empty=True) if bounds is None else cls(lower, upper, bounds)
 
-    return Kind(_path(cls), cls, lambda r: [r.lower, r.upper, r._bounds], decode, False)
+    def encode(r: Any) -> list[Any]:
+        # psycopg2 keeps the bounds string only in ``_bounds`` (no public accessor rebuilds it:
+        # ``lower_inc`` is False for an infinite bound whatever the string says)
+        return [r.lower, r.upper, r._bounds]  # noqa: SLF001
+
+    return Kind(_path(cls), cls, encode, decode, False)
 
 
 def _psycopg_range(cls: type) -> Kind:

@@ -3,9 +3,10 @@
 Every key starts with ``<namespace>:`` so applications can share a Redis and ``clear()`` touches
 only its own keys.  The layout (see docs/deployment.md for slots):
 
-- ``ns:q:<digest>``   a cached query result: digest of database identity (``_identity``: driver,
-  where and as whom it connects, every connect parameter that can change results), final SQL
-  and the DBAPI parameters exactly as the driver would receive them;
+- ``ns:q:<digest>``   a cached query result: digest of database identity
+  (``wiring._identity``: driver, where and as whom it connects, every connect parameter that
+  can change results), final SQL and the DBAPI parameters exactly as the driver would receive
+  them;
 - ``ns:k:<key>``      a generic value (the seed guide's key/value API);
 - ``ns:t:<table>``    the version token of a table; ``ns:g:<tag>`` of a tag; ``ns:all`` of
   the whole namespace (bumped by ``clear()`` and by writes whose target is unknown).
@@ -33,7 +34,6 @@ import hashlib
 import uuid
 from typing import Any
 
-from ..wiring._identity import engine_identity
 from ._drivertypes import keyable
 
 #: types whose repr is faithful and whose values are immutable
@@ -137,18 +137,6 @@ class KeyBuilder:
     def __init__(self, namespace: str) -> None:
         self.prefix = namespace + ":"
         self.all_key = self.prefix + "all"
-
-    @staticmethod
-    def engine_id(engine: Any) -> bytes:
-        """The identity of ``engine``'s database (``_identity``), for keys made without a
-        connection (the entity cache); a database per connection cannot have one."""
-        ident = engine_identity(engine)
-        if ident is None:
-            raise UnkeyableParameter(
-                "an in-memory SQLite database exists per connection: its entities cannot be "
-                "cached (use a StaticPool or a shared-cache URI)"
-            )
-        return ident
 
     def query(self, engine_id: bytes, statement: str, parameters: Any) -> str:
         digest = hashlib.blake2b(engine_id, digest_size=20)

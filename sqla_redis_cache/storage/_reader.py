@@ -107,7 +107,7 @@ class Reader:
         if pool is not None:
             pool.shutdown(wait=wait)
 
-    def _open(
+    def open_entry(
         self,
         key: str,
         values: Sequence[bytes | None],
@@ -177,7 +177,7 @@ class Reader:
         if values is FAILED:
             self.stats.bypasses += 1
             return build(), False
-        opened = self._open(key, values, decode, keep_local)
+        opened = self.open_entry(key, values, decode, keep_local)
         if opened is not None and (
             refresh_after is None or time.time() - opened[0] < refresh_after
         ):
@@ -232,7 +232,7 @@ class _Fill(Generic[T]):
             opened = (
                 None
                 if self.values is None
-                else self.reader._open(
+                else self.reader.open_entry(
                     self.keys[0], self.values, self.decode, self.keep_local, count=False
                 )
             )

@@ -24,6 +24,8 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TableClause, TextualSelect
 
+from ._compat import final_statement, locks_rows
+
 _LOCKING = re.compile(r"\bFOR\s+(NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.IGNORECASE)
 
 
@@ -78,12 +80,11 @@ def _analyse_read(
     if context.isinsert or context.isupdate or context.isdelete or context.isddl:
         return ReadPlan(frozenset(), "not a SELECT")
     roots = [compiled.statement]
-    compile_state = getattr(compiled, "compile_state", None)
-    final = getattr(compile_state, "statement", None)
+    final = final_statement(compiled)
     if final is not None and final is not compiled.statement:
         roots.append(final)
     if _LOCKING.search(compiled.string) or any(
-        getattr(root, "_for_update_arg", None) is not None for root in roots
+        locks_rows(root) for root in roots
     ):  # the second test also catches dialects that render no lock (SQLite)
         return ReadPlan(frozenset(), "locking read (FOR UPDATE / FOR SHARE)")
     tables: set[str] = set()

@@ -1,151 +1,171 @@
-"""Core: the internals of one cache, shared by the wiring modules (not public API).
+"""The SQLAlchemy side of one cache: its hooks, built once, installed on what ``attach()`` gets.
 
-One object holds what every path needs (configuration, keys, store, version tokens, codec,
-reader, statistics, entity cache) and installs the engine-level listeners on each engine met,
-once.  The public facade, :class:`~._cache.QueryCache`, owns one; the listeners in
-``_session``, ``_execution``, ``_core_commit`` and ``_entities`` reach everything through it.
+:class:`Wiring` builds each hook with what it uses (no hook receives the whole cache) and
+installs them:
+
+- on sessionmakers, Session subclasses and sessions: :class:`~._session.SessionHooks`;
+- on every engine met (attached directly, bound to an attached sessionmaker, or met by a
+  session at ``after_begin``), once per engine: :class:`~._reads.ReadHooks` (``do_execute``),
+  :class:`~._writes.WriteHooks` (``after_cursor_execute``) and
+  :class:`~._commit.TransactionHooks` (begin / commit / rollback, pool checkin).  Each event
+  has exactly one listener of this cache, so nothing depends on the order of installation.
+
+The first ``attach()`` of the process runs :func:`~._compat.check` (the SQLAlchemy internals
+the cache reads must be there).  Async targets are turned into their synchronous objects
+(``_targets``) and make the storage route Redis I/O to the running event loop.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from .._config import CacheConfig
-from ..io._clients import connect_sync
-from ..io._ops import Operation
-from ..io._protocol import RedisIO
-from ..storage._codec import EntryCodec
-from ..storage._keys import KeyBuilder
-from ..storage._reader import Reader
-from ..storage._stats import StatsRecorder
-from ..storage._store import Store
-from ..storage._versions import Versions
-from ._commit import CoreCommitHooks
+from ..storage import Storage
+from . import _compat
+from ._commit import CommitPath, TransactionHooks
 from ._entities import Entities
-from ._reads import ALL_TABLES, EngineHooks
+from ._fkgraph import ForeignKeyGraphs
+from ._reads import ReadHooks
 from ._session import SessionHooks
+from ._targets import engines_of, is_async_target, is_session_target, sync_target
 from ._transaction import ConnectionKeys
 from ._write_rules import WriteRules
+from ._write_through import WriteThrough
+from ._writes import WriteHooks
 
-#: how long the shared statistics of an idle namespace are kept
-STATS_TTL_MS = 7 * 24 * 3600 * 1000
 
+class Wiring:
+    """The hooks of one cache, and the engines and targets they are installed on."""
 
-class Core:
-    """The internals shared by the wiring modules (not public API)."""
-
-    def __init__(self, config: CacheConfig, io: RedisIO | None = None) -> None:
-        self.config = config
-        self.option_key = f"sqla_redis_cache:{config.namespace}:{id(self):x}"
-        self.conn_keys = ConnectionKeys.for_cache(f"{config.namespace}:{id(self):x}")
-        self.keys = KeyBuilder(config.namespace)
-        self.stats = StatsRecorder()
-        if io is None:
-            io = connect_sync(config)
-        self.store = Store(io, config, self.stats)
-        self.versions = Versions(
-            self.store,
-            token_ttl=2 * config.longest_ttl,
-            commit_ttl=config.lock_timeout,
-            retry_cap=config.breaker_cooldown,
+    def __init__(self, config: CacheConfig, storage: Storage) -> None:
+        tag = f"{config.namespace}:{id(self):x}"
+        #: the execution option carrying a statement's ``CacheDirective`` to ``do_execute``
+        self.option_key = f"sqla_redis_cache:{tag}"
+        self.conn_keys = keys = ConnectionKeys.for_cache(tag)
+        self._storage = storage
+        rules = WriteRules(config.invalidates)
+        self.entities = Entities(storage, keys)
+        self.write_through = WriteThrough(
+            self.entities, storage.store, storage.versions, keys, config.lock_timeout
         )
-        if config.invalidate_after_outage:
-            all_key = [self.keys.all_key]
-            self.store.on_connection_lost = lambda: self.versions.owe(all_key)
-        self.codec = EntryCodec(
-            config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
+        self.commit_path = CommitPath(
+            keys, storage.keys, storage.versions, rules, self.write_through
         )
-        self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
-        self.engine_hooks = EngineHooks(self)
-        self.session_hooks = SessionHooks(self)
-        self.commit_hooks = CoreCommitHooks(self)
-        self.write_rules = WriteRules(config.invalidates)
-        self.entities = Entities(self)
         self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
         #: engines attached by themselves: ``cached()`` is read from the statements they run
         self.explicit_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self.reads = ReadHooks(
+            option_key=self.option_key,
+            conn_keys=keys,
+            config=config,
+            keys=storage.keys,
+            reader=storage.reader,
+            stats=storage.stats,
+            rules=rules,
+            explicit_engines=self.explicit_engines,
+        )
+        self.writes = WriteHooks(keys, rules, ForeignKeyGraphs(), self.commit_path)
+        self.transactions = TransactionHooks(keys, self.commit_path, self.write_through)
+        self.sessions = SessionHooks(
+            option_key=self.option_key,
+            conn_keys=keys,
+            entities=self.entities,
+            write_through=self.write_through,
+            commit_path=self.commit_path,
+            engine_met=self.ensure_engine,
+        )
+        #: what ``attach()`` was given (their synchronous objects), in order
+        self.attached: list[Any] = []
         self._lock = threading.Lock()
 
+    # attach / detach ------------------------------------------------------------------------------
+
+    def attach(self, target: Any) -> None:
+        _compat.check()
+        if is_async_target(target):
+            self._storage.async_router()
+            target, engines = sync_target(target)
+            for engine in engines:
+                self.ensure_engine(engine)
+        target = getattr(target, "sync_engine", target)
+        if isinstance(target, Engine):
+            self.ensure_engine(target)
+            self.explicit_engines.add(_compat.base_engine(target))  # cached() on any session
+        elif is_session_target(target):
+            self.sessions.install(target)
+            for engine in engines_of(target):
+                self.ensure_engine(engine)
+        else:
+            raise TypeError(
+                "attach() takes a sessionmaker, a Session subclass, a Session or an Engine "
+                f"(or their asyncio counterparts), not {type(target).__qualname__}"
+            )
+        if target not in self.attached:
+            self.attached.append(target)
+
+    def detach(self, target: Any) -> None:
+        if is_async_target(target):
+            target = sync_target(target, create=False)[0]
+            if target is None:
+                return
+        target = getattr(target, "sync_engine", target)
+        if isinstance(target, Engine):
+            target = _compat.base_engine(target)
+            for hooks in (self.reads, self.writes, self.transactions):
+                hooks.uninstall(target)
+            self._engines.discard(target)
+            self.explicit_engines.discard(target)
+        else:
+            self.sessions.uninstall(target)
+        if target in self.attached:
+            self.attached.remove(target)
+
+    def close(self) -> None:
+        """Detach everything and remove the engine hooks from every engine met."""
+        for target in list(self.attached):
+            self.detach(target)
+        with self._lock:
+            for engine in list(self._engines):
+                for hooks in (self.reads, self.writes, self.transactions):
+                    hooks.uninstall(engine)
+            self.transactions.release_pools()
+            self._engines = weakref.WeakSet()
+            self.explicit_engines.clear()
+
     def ensure_engine(self, engine: Engine) -> bool:
-        """Install engine hooks if missing; True if they were just installed."""
-        engine = base_engine(engine)
+        """Install the engine hooks if missing; True if they were just installed."""
+        engine = _compat.base_engine(engine)
         if engine in self._engines:
             return False
         with self._lock:
             if engine in self._engines:
                 return False
-            self.engine_hooks.install(engine)
-            self.commit_hooks.install(engine)
-            self.entities.write_through.install(engine)  # its commit runs after EngineHooks'
+            for hooks in (self.reads, self.writes, self.transactions):
+                hooks.install(engine)
             self._engines.add(engine)
             return True
 
-    def release_engines(self) -> None:
-        with self._lock:
-            for engine in list(self._engines):
-                self.engine_hooks.uninstall(engine)
-                self.commit_hooks.uninstall(engine)
-                self.entities.write_through.uninstall(engine)
-            self.commit_hooks.release_pools()
-            self._engines = weakref.WeakSet()
-            self.explicit_engines = weakref.WeakSet()
+    # the entity API's engine ----------------------------------------------------------------------
 
-    def invalidate_written(
-        self,
-        tables: Iterable[str],
-        extra: Callable[[Mapping[str, bytes]], list[Operation]] | None = None,
-        *,
-        pending: str | None = None,
-        committed: str | None = None,
-        expected: Mapping[str, bytes] | None = None,
-    ) -> bool:
-        """New tokens for written tables (and what rules add); ``extra`` joins the pipeline.
-
-        ``expected``: token keys swapped only-if-unchanged (see ``Versions.invalidate``).
-
-        ``pending`` (the id of a commit about to happen whose end cannot be observed): pending
-        tokens, under which nothing is cached, until ``committed`` names that id after the
-        commit or ``lock_timeout`` passes (see ``_core_commit``).
-        """
-        tables = set(tables)
-        if ALL_TABLES in tables:
-            return self.versions.invalidate(
-                [self.keys.all_key], pending=pending, committed=committed
-            )
-        tables, tags = self.write_rules.expand(tables)
-        keys = [self.keys.table(t) for t in tables]
-        keys.extend(self.keys.tag(t) for t in tags)
-        return self.versions.invalidate(
-            keys, extra, pending=pending, committed=committed, expected=expected
-        )
-
-
-def base_engine(engine: Engine) -> Engine:
-    """The engine behind ``engine.execution_options(...)`` copies, which share its events."""
-    while (proxied := getattr(engine, "_proxied", None)) is not None:
-        engine = proxied
-    return engine
-
-
-def engines_of_binds(*binds: Any) -> list[Engine]:
-    """The (sync) engines behind session binds: engines, connections, async engines."""
-    engines = []
-    for bind in binds:
-        engine = getattr(getattr(bind, "sync_engine", bind), "engine", None)
+    def entity_engine(self, cls: type, bind: Any) -> Engine:
+        """The engine of an entity API call: ``bind`` (an Engine or Session), or the one engine
+        attached."""
+        if isinstance(bind, Session):
+            bind = bind.get_bind(cls)
+        bind = getattr(bind, "sync_engine", bind)
+        engine = getattr(bind, "engine", None)
         if isinstance(engine, Engine):
-            engines.append(engine)
-    return engines
-
-
-def engines_of(target: Any) -> list[Engine]:
-    if isinstance(target, sessionmaker):
-        return engines_of_binds(target.kw.get("bind"), *(target.kw.get("binds") or {}).values())
-    if isinstance(target, Session):
-        return engines_of_binds(target.bind)
-    return []
+            return engine
+        if bind is None:
+            engines = list(self._engines)
+            if len(engines) == 1:
+                return engines[0]
+        raise ValueError(
+            "pass bind= (the Engine or Session of the entity): "
+            f"{len(self._engines)} engines are attached"
+        )

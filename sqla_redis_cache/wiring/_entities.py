@@ -34,11 +34,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
-from sqlalchemy.engine import IteratorResult
-from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.orm import Mapper, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.base import NEVER_SET, NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.selectable import TableClause
@@ -48,14 +45,17 @@ from ..storage._codec import CorruptEntry, Unencodable
 from ..storage._keys import UnkeyableParameter, fingerprint_parameters
 from ..storage._store import FAILED
 from ..storage._versions import Versions
+from . import _compat
 from ._analysis import table_name
-from ._entity_get import primary_key_get, schema_map, transaction_blocks
+from ._compat import NEVER_SET, NO_VALUE, IteratorResult, SimpleResultMetaData
+from ._entity_get import primary_key_get, schema_map
+from ._identity import entity_engine_id
 from ._options import SESSION_WIRED, CachedOption
 from ._runtime_settings import tainted
-from ._write_through import WriteThrough
+from ._transaction import ConnectionKeys, transaction_blocks
 
 if TYPE_CHECKING:
-    from ._attach import Core
+    from ..storage import Storage
 
 
 class _Hierarchy:
@@ -103,14 +103,19 @@ def _class_path(cls: type) -> str:
 class Entities:
     """Entity lookups, explicit API and write-through for one cache."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        setting = core.config.write_through
+    def __init__(self, storage: Storage, conn_keys: ConnectionKeys) -> None:
+        self.config = storage.config
+        self.keys = storage.keys
+        self.store = storage.store
+        self.versions = storage.versions
+        self.codec = storage.codec
+        self.stats = storage.stats
+        self.k = conn_keys
+        setting = storage.config.write_through
         self._only: frozenset[str] | None = (
             None if setting is True else frozenset(() if setting is False else setting)
         )
         self._hierarchies: dict[Mapper[Any], _Hierarchy] = {}
-        self.write_through = WriteThrough(self)
 
     # keys ------------------------------------------------------------------------------------
 
@@ -128,16 +133,16 @@ class Entities:
         pk: Sequence[Any],
         translate: Mapping[str | None, str | None] | None = None,
     ) -> str:
-        digest = hashlib.blake2b(self.core.keys.engine_id(engine), digest_size=20)
+        digest = hashlib.blake2b(entity_engine_id(engine), digest_size=20)
         base_table = table_name(mapper.base_mapper.local_table, translate)  # type: ignore[arg-type]
         digest.update(b"\x00" + base_table.encode())
         digest.update(b"\x00" + fingerprint_parameters(tuple(pk)).encode())
-        return self.core.keys.prefix + "e:" + digest.hexdigest()
+        return self.keys.prefix + "e:" + digest.hexdigest()
 
     def deps(
         self, hierarchy: _Hierarchy, translate: Mapping[str | None, str | None] | None = None
     ) -> list[str]:
-        return self.core.keys.dependencies(hierarchy.tables_for(translate), ())
+        return self.keys.dependencies(hierarchy.tables_for(translate), ())
 
     def writes_through(self, mapper: Mapper[Any]) -> bool:
         only = self._only
@@ -161,23 +166,22 @@ class Entities:
         hierarchy.used = True
         key = self.key(engine, mapper, pk, translate)
         deps = self.deps(hierarchy, translate)
-        core = self.core
-        if core.versions.owes and not core.versions.settle():
+        if self.versions.owes and not self.versions.settle():
             return key, deps, None, None, mapper
-        values = core.store.get_many([key, *deps])
+        values = self.store.get_many([key, *deps])
         if values is FAILED:
             return key, deps, None, None, mapper
         entry = values[0]
         stamps = Versions.stamps(values[1:])
-        if entry is None or stamps is None or core.codec.stamps_of(entry) != stamps:
+        if entry is None or stamps is None or self.codec.stamps_of(entry) != stamps:
             return key, deps, values, None, mapper
         try:
-            opened = core.codec.open(entry, None)
+            opened = self.codec.open(entry, None)
             assert opened is not None
             path, row = opened[1]
             stored = hierarchy.classes[path]
         except (CorruptEntry, KeyError, TypeError, ValueError, AssertionError):
-            core.stats.corrupt += 1
+            self.stats.corrupt += 1
             return key, deps, values, None, mapper
         return key, deps, values, dict(row), stored
 
@@ -185,22 +189,22 @@ class Entities:
         self, key: str, deps: list[str], values: list[bytes | None], state: InstanceState[Any]
     ) -> None:
         """Fill after a miss, stamped with the tokens read before the query."""
-        stamps = self.core.versions.ensure(deps, values[1:])
+        stamps = self.versions.ensure(deps, values[1:])
         row = self._snapshot(state)
         if stamps is None or row is None:
             return
         entry = self.seal(stamps, state.mapper, row)
         if entry is not None:
-            self.core.store.run([Set(key, entry, self.ttl_ms())])
+            self.store.run([Set(key, entry, self.ttl_ms())])
 
     def ttl_ms(self) -> int:
-        return max(1, int(self.core.config.region(None).ttl * 1000))
+        return max(1, int(self.config.region(None).ttl * 1000))
 
     def seal(self, stamps: bytes, mapper: Mapper[Any], row: dict[str, Any]) -> bytes | None:
         try:
-            return self.core.codec.seal(stamps, [_class_path(mapper.class_), row])
+            return self.codec.seal(stamps, [_class_path(mapper.class_), row])
         except Unencodable:
-            self.core.stats.uncacheable += 1
+            self.stats.uncacheable += 1
             return None
 
     @staticmethod
@@ -211,7 +215,7 @@ class Entities:
         ones).
         """
         loaded = state.dict
-        committed = state.committed_state
+        committed = _compat.committed_state(state)
         row: dict[str, Any] = {}
         for prop in state.mapper.column_attrs:
             key = prop.key
@@ -230,7 +234,7 @@ class Entities:
 
     def build(self, mapper: Mapper[Any], row: Mapping[str, Any]) -> Any:
         """A detached instance carrying ``row`` as its committed state."""
-        obj = mapper.class_manager.new_instance()
+        obj = _compat.new_instance(mapper)
         for key, value in row.items():
             set_committed_value(obj, key, value)
         make_transient_to_detached(obj)
@@ -247,7 +251,7 @@ class Entities:
         session = orm_state.session
         if session.new or session.dirty or session.deleted:
             return None
-        if transaction_blocks(session, self.core.conn_keys):
+        if transaction_blocks(session, self.k):
             return None
         identity = mapper.identity_key_from_primary_key(pk)
         if identity in session.identity_map:
@@ -262,7 +266,7 @@ class Entities:
             key, deps, values, row, stored = self.lookup(engine, mapper, pk, translate)
         except UnkeyableParameter:
             return None
-        stats = self.core.stats
+        stats = self.stats
         if row is not None:
             if not issubclass(stored.class_, mapper.class_):
                 return None  # let the database answer as SQLAlchemy would
@@ -277,7 +281,7 @@ class Entities:
             return result
         frozen = result.freeze()
         loaded = frozen().scalars().all()
-        if len(loaded) == 1 and not transaction_blocks(session, self.core.conn_keys):
+        if len(loaded) == 1 and not transaction_blocks(session, self.k):
             self.store_loaded(key, deps, values, inspect(loaded[0]))
         return frozen()
 
@@ -300,10 +304,10 @@ class Entities:
         hierarchy.used = True
         translate = schema_map(bind)
         deps = self.deps(hierarchy, translate)
-        values = self.core.store.get_many(deps)
+        values = self.store.get_many(deps)
         if values is FAILED:
             return False
-        stamps = self.core.versions.ensure(deps, values)
+        stamps = self.versions.ensure(deps, values)
         row = self._snapshot(state)
         if stamps is None or row is None:
             return False
@@ -311,19 +315,10 @@ class Entities:
         if entry is None:
             return False
         key = self.key(bind, mapper, state.key[1], translate)
-        return self.core.store.run([Set(key, entry, self.ttl_ms())]) is not FAILED
+        return self.store.run([Set(key, entry, self.ttl_ms())]) is not FAILED
 
     def forget_entity(self, cls: Any, pk: Any, bind: Any) -> bool:
         mapper = inspect(cls)
         pk = tuple(pk) if isinstance(pk, tuple | list) else (pk,)
         key = self.key(bind, mapper, pk, schema_map(bind))
-        return self.core.store.run([Unlink(key)]) is not FAILED
-
-    # write-through (``_write_through``) ----------------------------------------------------
-
-    def after_flush(self, session: Any, flush_context: Any) -> None:
-        self.write_through.after_flush(session, flush_context)
-
-    def publish(self, session: Any, tables: set[str]) -> None:
-        """After a commit: new tokens for ``tables``, reloaded entities written through."""
-        self.write_through.publish(session, tables)
+        return self.store.run([Unlink(key)]) is not FAILED

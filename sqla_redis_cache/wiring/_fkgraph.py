@@ -54,7 +54,7 @@ import time
 import weakref
 from typing import Any
 
-from ._commit import autocommitting
+from ._compat import is_autocommit
 
 log = logging.getLogger("sqla_redis_cache")
 
@@ -208,7 +208,7 @@ def _load(conn: Any) -> ForeignKeyGraph | None:
     query = QUERIES.get(dialect)
     if query is None:  # no catalog reader for this dialect: the MetaData graph only
         return _EMPTY_GRAPH
-    savepoint = dialect == "postgresql" and not autocommitting(conn)
+    savepoint = dialect == "postgresql" and not is_autocommit(conn)
     try:
         cursor = conn.connection.cursor()  # the writing connection, below SQLAlchemy's events
         try:

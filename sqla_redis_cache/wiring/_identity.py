@@ -38,6 +38,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
+from ..storage._keys import UnkeyableParameter
+from ._compat import base_engine, connect_parameters
+
 log = logging.getLogger("sqla_redis_cache")
 
 #: connect parameters that cannot change what a query returns (nor where it goes)
@@ -85,13 +88,6 @@ _engines: weakref.WeakKeyDictionary[Engine, bytes | None] = weakref.WeakKeyDicti
 CONNECTION_IDENTITY = "sqla_redis_cache.identity"
 
 
-def base_engine(engine: Engine) -> Engine:
-    """The engine behind ``engine.execution_options(...)`` copies, which share its pool."""
-    while (proxied := getattr(engine, "_proxied", None)) is not None:
-        engine = proxied
-    return engine
-
-
 def engine_identity(engine: Engine) -> bytes | None:
     """The identity of ``engine``'s database; None when it differs per connection."""
     engine = base_engine(engine)
@@ -100,6 +96,18 @@ def engine_identity(engine: Engine) -> bytes | None:
     except KeyError:
         pass
     ident = _engines[engine] = _compute(engine)
+    return ident
+
+
+def entity_engine_id(engine: Engine) -> bytes:
+    """The identity of ``engine``'s database for keys made without a connection (the entity
+    cache); a database per connection cannot have one."""
+    ident = engine_identity(engine)
+    if ident is None:
+        raise UnkeyableParameter(
+            "an in-memory SQLite database exists per connection: its entities cannot be "
+            "cached (use a StaticPool or a shared-cache URI)"
+        )
     return ident
 
 
@@ -119,28 +127,11 @@ def _random(reason: str) -> bytes:
     return f"{reason}:{os.urandom(16).hex()}".encode()
 
 
-def _connect_parameters(engine: Engine) -> tuple[Sequence[Any], Mapping[str, Any]] | None:
-    """(args, kwargs) SQLAlchemy's pool passes to the driver's connect(), if it is SQLAlchemy's."""
-    creator = getattr(engine.pool, "_creator", None)
-    code = getattr(creator, "__code__", None)
-    if code is None or getattr(creator, "__module__", "") != "sqlalchemy.engine.create":
-        return None
-    cells = dict(zip(code.co_freevars, creator.__closure__ or (), strict=False))  # type: ignore[union-attr]
-    try:
-        args = (cells.get("cargs_tup") or cells["cargs"]).cell_contents  # 2.1 / 2.0
-        kwargs = cells["cparams"].cell_contents
-    except (KeyError, ValueError):
-        return None
-    if not isinstance(kwargs, Mapping):
-        return None
-    return list(args), kwargs
-
-
 def _compute(engine: Engine) -> bytes | None:
     dialect = engine.dialect
     url = engine.url
     head = f"{dialect.name}+{dialect.driver}"
-    found = _connect_parameters(engine)
+    found = connect_parameters(engine)
     if found is None:
         log.warning(
             "sqla_redis_cache: engine %s connects through a custom creator or pool; its "

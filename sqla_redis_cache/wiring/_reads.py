@@ -1,86 +1,48 @@
-"""Engine-level wiring: where cached reads are served and writes are seen.
+"""Where cached reads are served: the ``do_execute`` hook one cache installs on each engine.
 
-Reads
-    A statement opted in with ``cached()`` carries a :class:`~._options.CacheDirective` in its
-    execution options, put there by the session wiring.  On an engine attached by itself
-    (``attach(engine)``), statements no session wiring has seen (sessions not attached, Core
-    connections) are read for the ``cached()`` option itself, in the statement being executed
-    (``invoked_statement``: the compiled statement may be shared with executions that lack the
-    option).  The ``do_execute`` dialect event sees it at the last moment before the cursor
-    runs: after the session's autoflush, with the final SQL string and DBAPI parameters.
-    A hit swaps the execution context's cursor for a :class:`~._cursor.CachedCursor` over the
-    cached raw rows and tells SQLAlchemy the statement ran; SQLAlchemy then builds the result
-    exactly as from the database.  A miss runs the real cursor, stores its rows, and serves
-    them the same way.
+A statement opted in with ``cached()`` carries a :class:`~._options.CacheDirective` in its
+execution options, put there by the session wiring (``_session``).  On an engine attached by
+itself (``attach(engine)``), statements no session wiring has seen (sessions not attached, Core
+connections) are read for the ``cached()`` option itself, in the statement being executed
+(``invoked_statement``: the compiled statement may be shared with executions that lack the
+option).  The ``do_execute`` dialect event sees it at the last moment before the cursor runs:
+after the session's autoflush, with the final SQL string and DBAPI parameters.
 
-Writes
-    ``after_cursor_execute`` records the table of every INSERT/UPDATE/DELETE (ORM flush, ORM
-    bulk DML, Core DML, and DML nested in them as data-modifying CTEs), of textual SQL
-    (``_sqlwrites``) and of DDL in the DBAPI connection's ``info``, with every table the
-    database changes along with them (``ON DELETE``/``ON UPDATE`` actions, ``TRUNCATE ...
-    CASCADE``: ``_fkgraph``).
-    Under AUTOCOMMIT isolation the write is already committed, so it is published at once.
-    Otherwise reads of those tables on that connection bypass the cache until the transaction
-    ends, so a transaction sees its own writes and nothing uncommitted is stored.  The tables
-    and tags that declared ``invalidates`` rules add (``_write_rules``: what triggers write)
-    count as written from the same statement on, not only at commit.  The
-    connection's ``commit`` event hands the set over to whoever invalidates after the commit
-    (the session wiring, or ``_core_commit``).
-
-Snapshot isolation
-    Under REPEATABLE READ / SERIALIZABLE a transaction reads from a snapshot taken at its first
-    statement, possibly older than the version tokens read now; such reads after the first
-    statement bypass the cache rather than store an old snapshot under new tokens.  The level
-    may be set on the engine or connection, or in SQL (``SET TRANSACTION ...``, ``BEGIN
-    ISOLATION LEVEL ...``, session defaults): ``_conn_state`` tracks the latter.
-
-Identity
-    The key names the database behind the connection (``_identity``); a connection whose
-    session settings changed at run time (``SET search_path``, roles, temporary tables) reads
-    around the cache (``_conn_state``).
+1. ``_analysis.read_plan``: the tables the compiled SQL reads; statements SQLAlchemy cannot
+   key, ``text()`` fragments, locking reads and streamed results run uncached.
+2. Bypass when this transaction wrote one of those tables (``_transaction``: read-your-writes,
+   and the tags declared rules add), when the connection changed its session settings at run
+   time (``_runtime_settings``), or under snapshot isolation after the transaction's first
+   statement: such a transaction reads from a snapshot possibly older than the version tokens
+   read now, and must not store it under them.
+3. The key: the database identity of the connection (``_identity``), the SQL and parameters.
+4. ``storage._reader``: one round trip; a hit swaps the execution context's cursor for a
+   :class:`~._cursor.CachedCursor` over the cached raw rows and tells SQLAlchemy the statement
+   ran, so SQLAlchemy builds the result exactly as from the database.  A miss runs the real
+   cursor under the stampede lock, stores its rows, and serves them the same way.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import Any
 
-from sqlalchemy.engine.default import NO_CACHE_KEY
+from sqlalchemy.engine import Engine
 
-from ..storage._keys import UnkeyableParameter
+from .._config import CacheConfig
+from ..storage._keys import KeyBuilder, UnkeyableParameter
+from ..storage._reader import Reader
 from ..storage._rows import decode_result, encode_result, immutable_rows
-from ._analysis import cte_written_tables, ddl_tables, read_plan, written_tables
-from ._commit import autocommitting
+from ..storage._stats import StatsRecorder
+from ._analysis import read_plan
+from ._compat import NO_CACHE_KEY, base_engine, invoked_options, serve_cursor
 from ._cursor import CachedCursor
-from ._fkgraph import ForeignKeyGraphs
-from ._identity import base_engine, connection_identity, engine_identity
+from ._identity import connection_identity, engine_identity
 from ._listeners import Listeners
 from ._options import SESSION_WIRED, CacheDirective, CachedOption
-from ._runtime_settings import STATE, might_change_state, observe
-from ._sqlwrites import analyse_sql
-
-if TYPE_CHECKING:
-    from ._attach import Core
-
-#: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
-ALL_TABLES = "*"
-_NONE: frozenset[str] = frozenset()
-
-_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
-
-
-def _snapshot_isolated(conn: Any) -> bool:
-    state = conn.info.get(STATE)
-    if state is not None and (state.tx_snapshot or state.snapshot):
-        return True
-    dialect = conn.dialect
-    if dialect.name == "sqlite":  # pysqlite does not BEGIN before SELECT
-        return False
-    level = (
-        conn.get_execution_options().get("isolation_level")
-        or getattr(dialect, "isolation_level", None)
-        or dialect.default_isolation_level
-    )
-    return level in _SNAPSHOT_LEVELS
+from ._runtime_settings import STATE
+from ._transaction import ALL_TABLES, ConnectionKeys, snapshot_isolated
+from ._write_rules import WriteRules
 
 
 def detached(engine: Any, statement: str, parameters: Any) -> Any:
@@ -118,25 +80,37 @@ def detached(engine: Any, statement: str, parameters: Any) -> Any:
 def cached_option(context: Any) -> CacheDirective | None:
     """The ``cached()`` option of the statement being executed, when no session wiring
     translated it (a Session or Core connection on an engine attached by itself)."""
-    options = getattr(getattr(context, "invoked_statement", None), "_with_options", None)
-    if options:
-        for option in options:
-            if isinstance(option, CachedOption):
-                return option.payload
+    for option in invoked_options(context):
+        if isinstance(option, CachedOption):
+            return option.payload
     return None
 
 
-class EngineHooks(Listeners):
-    """The listeners one cache installs on each engine it serves."""
+class ReadHooks(Listeners):
+    """The read listeners one cache installs on each engine it serves: ``do_execute``."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self.option_key = core.option_key
-        self.k = core.conn_keys
+    def __init__(
+        self,
+        *,
+        option_key: str,
+        conn_keys: ConnectionKeys,
+        config: CacheConfig,
+        keys: KeyBuilder,
+        reader: Reader,
+        stats: StatsRecorder,
+        rules: WriteRules,
+        explicit_engines: weakref.WeakSet[Engine],
+    ) -> None:
+        self.option_key = option_key
+        self.k = conn_keys
+        self.config = config
+        self.keys = keys
+        self.reader = reader
+        self.stats = stats
+        self.rules = rules
+        #: engines attached by themselves: ``cached()`` is read from the statements they run
+        self.explicit_engines = explicit_engines
         self._deps: dict[tuple[frozenset[str], tuple[str, ...]], list[str]] = {}
-        self.fk_graphs = ForeignKeyGraphs()
-
-    # reads -----------------------------------------------------------------------------------
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         directive: CacheDirective | None = context.execution_options.get(self.option_key)
@@ -157,7 +131,7 @@ class EngineHooks(Listeners):
     def _engine_directive(self, context: Any) -> CacheDirective | None:
         """The ``cached()`` option of a statement no session wiring has seen, on an engine
         attached by itself; None otherwise."""
-        explicit = self.core.explicit_engines
+        explicit = self.explicit_engines
         if not explicit or SESSION_WIRED in context.execution_options:
             return None
         directive = cached_option(context)
@@ -173,8 +147,7 @@ class EngineHooks(Listeners):
         context: Any,
         directive: CacheDirective,
     ) -> bool:
-        core = self.core
-        stats = core.stats
+        stats = self.stats
         if context.cache_hit is NO_CACHE_KEY:  # SQLAlchemy could not key it: neither do we
             stats.uncacheable += 1
             return False
@@ -195,7 +168,7 @@ class EngineHooks(Listeners):
         if written and (
             ALL_TABLES in written
             or not written.isdisjoint(tables)
-            or (directive.tags and not core.write_rules.tags(written).isdisjoint(directive.tags))
+            or (directive.tags and not self.rules.tags(written).isdisjoint(directive.tags))
         ):
             stats.bypasses += 1
             return False
@@ -203,16 +176,15 @@ class EngineHooks(Listeners):
         if state is not None and state.blocks(tables):
             stats.bypasses += 1
             return False
-        if info.get(self.k.tx_used) and _snapshot_isolated(conn):
+        if info.get(self.k.tx_used) and snapshot_isolated(conn):
             stats.bypasses += 1
             return False
-        keys = core.keys
         try:
-            key = keys.query(connection_identity(conn, info), statement, parameters)
+            key = self.keys.query(connection_identity(conn, info), statement, parameters)
         except UnkeyableParameter:
             stats.uncacheable += 1
             return False
-        region = core.config.region(directive.region)
+        region = self.config.region(directive.region)
         dialect = context.dialect
 
         def build() -> tuple[Any, list[Any]]:
@@ -224,7 +196,7 @@ class EngineHooks(Listeners):
             return description, (cursor.fetchall() if description is not None else [])
 
         refresh_after = directive.refresh_after or region.refresh_after
-        (description, rows), hit = core.reader.read(
+        (description, rows), hit = self.reader.read(
             key,
             self._dependencies(tables, directive.tags),
             build,
@@ -240,7 +212,9 @@ class EngineHooks(Listeners):
             return True
         if hit:
             cursor.close()
-        context.cursor = CachedCursor(description, rows, getattr(cursor, "connection", None), hit)
+        # the DBAPI connection of the real cursor (PEP 249 extension: some drivers lack it)
+        connection = getattr(cursor, "connection", None)
+        serve_cursor(context, CachedCursor(description, rows, connection, hit))
         return True
 
     def _dependencies(self, tables: frozenset[str], tags: tuple[str, ...]) -> list[str]:
@@ -248,105 +222,7 @@ class EngineHooks(Listeners):
         if deps is None:
             if len(self._deps) > 4096:
                 self._deps.clear()
-            deps = self._deps[(tables, tags)] = self.core.keys.dependencies(tables, tags)
+            deps = self._deps[(tables, tags)] = self.keys.dependencies(tables, tags)
         return deps
 
-    # writes ----------------------------------------------------------------------------------
-
-    def after_cursor_execute(
-        self,
-        conn: Any,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
-    ) -> None:
-        info = conn.info
-        info[self.k.tx_used] = True
-        if context is None:
-            return
-        # session state: textual SQL and DDL, or set_config() in a statement that really ran
-        if (context.is_text or context.isddl) or (
-            not getattr(context.cursor, "hit", False) and might_change_state(statement)
-        ):
-            observe(conn, info, statement, context.dialect.name, autocommitting(conn))
-        if context.isinsert or context.isupdate or context.isdelete:
-            tables, truncated = written_tables(context), _NONE
-        elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
-            found = analyse_sql(
-                statement, context.dialect.name, context.dialect.default_schema_name
-            )
-            if found.schema_change:
-                self._schema_changed(conn)
-            tables, truncated = found.tables, found.truncated
-            if tables is not None and not tables:
-                return
-        elif context.isddl:
-            self._schema_changed(conn)
-            tables, truncated = ddl_tables(context), _NONE
-            if tables is not None and not tables:
-                return
-        elif statement.startswith("WITH"):  # data-modifying CTEs only exist at the top
-            tables, truncated = cte_written_tables(context), _NONE
-            if not tables:
-                return
-        else:
-            return
-        if tables is not None:  # and what the database changes with them (FK actions)
-            tables = self.fk_graphs.expand(conn, tables, truncated)
-        if autocommitting(conn):  # already committed by the database: publish now
-            self.core.invalidate_written(tables if tables is not None else (ALL_TABLES,))
-            return
-        written = info.get(self.k.written)
-        if written is None:
-            written = info[self.k.written] = set()
-        if tables is None:
-            written.add(ALL_TABLES)
-        else:  # with what declared rules add (trigger targets): their rows are uncommitted too
-            written.update(self.core.write_rules.expand(tables)[0])
-
-    def _schema_changed(self, conn: Any) -> None:
-        graph = self.fk_graphs.state(conn)
-        graph.mark_stale()  # and again once the transaction is over (``_core_commit``)
-        conn.info[self.k.schema_changed] = graph
-
-    def begin(self, conn: Any) -> None:
-        info = conn.info
-        info.pop(self.k.written, None)
-        info.pop(self.k.tx_used, None)
-
-    def commit(self, conn: Any) -> None:
-        info = conn.info
-        info.pop(self.k.tx_used, None)
-        state = info.get(STATE)
-        if state is not None:
-            state.commit()
-        written = info.pop(self.k.written, None)
-        if written:
-            info.setdefault(self.k.committing, set()).update(written)
-
-    def rollback(self, conn: Any) -> None:
-        if conn.invalidated:  # e.g. a task cancelled mid-query: its info went with it
-            return
-        info = conn.info
-        for key in (self.k.written, self.k.committing, self.k.tx_used):
-            info.pop(key, None)
-        state = info.get(STATE)
-        if state is not None:
-            state.rollback()
-
-    def rollback_savepoint(self, conn: Any, name: str, context: Any) -> None:
-        state = conn.info.get(STATE)
-        if state is not None:  # a reset inside the savepoint is undone
-            state.pending.clear()
-
-    EVENTS = (
-        "do_execute",
-        "do_execute_no_params",
-        "after_cursor_execute",
-        "begin",
-        "commit",
-        "rollback",
-        "rollback_savepoint",
-    )
+    EVENTS = ("do_execute", "do_execute_no_params")

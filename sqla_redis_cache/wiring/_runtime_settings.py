@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from ._identity import base_engine
+from ._compat import base_engine
 
 STATE = "sqla_redis_cache.connection_state"
 
@@ -159,7 +159,8 @@ class ConnState:
         if what == "all":
             self.roles = False
 
-    def _reset(self, what: str, autocommit: bool) -> None:
+    def reset(self, what: str, autocommit: bool) -> None:
+        """A ``RESET``/``DISCARD``: applied at commit (at once under AUTOCOMMIT)."""
         if autocommit:
             self._clear(what)
         else:
@@ -249,12 +250,12 @@ def _statement(state: ConnState, sql: str, dialect: str, autocommit: bool) -> No
         _set(state, sql[3:], autocommit)
     elif first == "reset":
         if words[1:2] == ["all"]:
-            state._reset("params", autocommit)
+            state.reset("params", autocommit)
     elif first == "discard":
         if words[1:2] == ["all"]:
-            state._reset("all", autocommit)
+            state.reset("all", autocommit)
         elif words[1:2] in (["temp"], ["temporary"]):
-            state._reset("temp", autocommit)
+            state.reset("temp", autocommit)
     elif first in ("begin", "start"):
         if dialect == "sqlite" or _SNAPSHOT_WORDS.search(sql):
             state.tx_snapshot = True

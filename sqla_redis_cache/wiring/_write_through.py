@@ -35,24 +35,24 @@ of an older commit finds a newer writer's marker and does not overwrite its entr
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.exc import UnmappedColumnError
 
 from ..io._ops import CompareAndSet, Get, Operation, Set, Unlink
 from ..io._scripts import PENDING
 from ..storage._keys import UnkeyableParameter
-from ..storage._store import FAILED
+from ..storage._store import FAILED, Store
+from ..storage._versions import Versions
+from ._compat import flushed_states
+from ._entities import Entities
 from ._entity_get import schema_map
-from ._listeners import Listeners
-from ._reads import ALL_TABLES, _snapshot_isolated
 from ._runtime_settings import tainted
-
-if TYPE_CHECKING:
-    from ._entities import Entities
+from ._transaction import ConnectionKeys, snapshot_isolated
 
 _MARKER_PREFIX = b"\x00sqla-redis-cache:pending:"
 
@@ -79,24 +79,33 @@ class Reloaded(NamedTuple):
     rows: dict[str, tuple[Mapper[Any], dict[str, Any] | None, list[str]]]
 
 
-class WriteThrough(Listeners):
-    """Engine listeners (installed after ``EngineHooks``) and the session-side steps."""
+class WriteThrough:
+    """The three steps of the write-through: note at flush, reload before the commit, entries
+    for the commit path's plan (``_commit``) after it."""
 
-    EVENTS = ("commit", "rollback", "begin")
-
-    def __init__(self, entities: Entities) -> None:
+    def __init__(
+        self,
+        entities: Entities,
+        store: Store,
+        versions: Versions,
+        conn_keys: ConnectionKeys,
+        lock_timeout: float,
+    ) -> None:
         self.entities = entities
-        self.core = entities.core
-        self.k = self.core.conn_keys
+        self.store = store
+        self.versions = versions
+        self.k = conn_keys
+        self.marker_ttl_ms = max(1, int(lock_timeout * 1000))
         self._reloads: dict[Mapper[Any], _Reload] = {}
 
     # flush: note the rows ------------------------------------------------------------------------
 
-    def after_flush(self, session: Any, flush_context: Any) -> None:
+    def note_flush(self, session: Any, flush_context: Any) -> None:
+        """``after_flush``: note the rows of entity-cached hierarchies the flush wrote."""
         entities = self.entities
         conns: dict[Mapper[Any], Any] = {}
         notes: dict[Any, dict[str, tuple[Mapper[Any], tuple[Any, ...]]]] = {}
-        for state, (isdelete, listonly) in flush_context.states.items():
+        for state, (isdelete, listonly) in flushed_states(flush_context).items():
             mapper = state.mapper
             if listonly or not entities.hierarchy(mapper).used:
                 continue
@@ -127,30 +136,24 @@ class WriteThrough(Listeners):
                 noted = notes[conn] = conn.info.setdefault(self.k.entity_writes, {})
             noted[key] = (mapper, tuple(identity[1]))
 
-    # connection events: reload before the database commits -------------------------------------
+    # the connection's commit event: reload before the database commits --------------------------
 
-    def commit(self, conn: Any) -> None:
+    def reload_before_commit(self, conn: Any) -> None:
+        """Reload the rows noted on ``conn`` (first step of its ``commit`` event, ``_commit``)."""
         info = conn.info
         noted = info.pop(self.k.entity_writes, None)
         if noted:
             info[self.k.entity_reloaded] = self._reload(conn, noted)
 
-    def rollback(self, conn: Any) -> None:
-        if not conn.invalidated:
-            self._forget(conn.info)
-
-    def begin(self, conn: Any) -> None:
-        self._forget(conn.info)
-
-    def _forget(self, info: dict[str, Any]) -> None:
+    def forget(self, info: dict[str, Any]) -> None:
+        """The transaction ended without a commit to write through (rollback, a new begin)."""
         info.pop(self.k.entity_writes, None)
         info.pop(self.k.entity_reloaded, None)
 
     def _reload(
         self, conn: Any, noted: Mapping[str, tuple[Mapper[Any], tuple[Any, ...]]]
     ) -> Reloaded | None:
-        core = self.core
-        if len(noted) > RELOAD_LIMIT or core.versions.owes or _snapshot_isolated(conn):
+        if len(noted) > RELOAD_LIMIT or self.versions.owes or snapshot_isolated(conn):
             return None
         deps: dict[Mapper[Any], list[str]] = {}
         by_mapper: dict[Mapper[Any], dict[tuple[Any, ...], str]] = {}
@@ -160,10 +163,10 @@ class WriteThrough(Listeners):
                 deps[mapper] = self.entities.deps(self.entities.hierarchy(mapper))
         token_keys = sorted({k for keys in deps.values() for k in keys})
         marker = _MARKER_PREFIX + os.urandom(8).hex().encode()
-        ttl = max(1, int(core.config.lock_timeout * 1000))
+        ttl = self.marker_ttl_ms
         operations: list[Operation] = [Set(key, marker, ttl) for key in noted]
         operations.extend(Get(key) for key in token_keys)
-        replies = core.store.run(operations)  # before the SELECT: see the module docstring
+        replies = self.store.run(operations)  # before the SELECT: see the module docstring
         if replies is FAILED:
             return None
         tokens = dict(zip(token_keys, replies[len(noted) :], strict=True))
@@ -206,34 +209,23 @@ class WriteThrough(Listeners):
             )
             discriminator = None
             if mapper.polymorphic_on is not None:
-                prop = mapper._columntoproperty.get(mapper.polymorphic_on)
+                try:  # a discriminator may be an expression no attribute maps
+                    prop = mapper.get_property_by_column(mapper.polymorphic_on)
+                except UnmappedColumnError:
+                    prop = None
                 discriminator = keys.index(prop.key) if prop is not None else None
             found = self._reloads[mapper] = _Reload(statement, keys, pk, discriminator)
         return found
 
-    # after the commit: publish ----------------------------------------------------------------
+    # after the commit: the entries of the commit path's plan -------------------------------------
 
-    def publish(self, session: Any, tables: set[str]) -> None:
-        """New tokens for ``tables``, and the reloaded rows written through or removed."""
-        from ._session import CONNECTIONS
-
-        reloaded: list[Reloaded] = []
-        for conn in session.info.get(CONNECTIONS, ()):
-            if conn.closed:
-                continue
-            info = conn.info
-            info.pop(self.k.entity_writes, None)  # noted, but this connection never committed
-            done = info.pop(self.k.entity_reloaded, None)
-            late = info.pop(self.k.written, None)
-            if late:  # written after the reload (and committed): publish tables, not rows
-                tables |= late
-            elif done is not None:
-                reloaded.append(done)
-        core = self.core
-        if not reloaded or ALL_TABLES in tables:
-            core.invalidate_written(tables)
-            return
-        written = {core.keys.table(t) for t in tables}
+    def entries(
+        self, reloaded: list[Reloaded], written: set[str]
+    ) -> tuple[Callable[[Mapping[str, bytes]], list[Operation]], dict[str, bytes]]:
+        """For rows ``reloaded`` by the connections of one commit whose written tables' token
+        keys are ``written``: a function from the new tokens to the entries' operations (a
+        compare-and-set where this transaction's marker still stands, else a removal), and the
+        tokens to swap only if unchanged since the reload (see the module docstring)."""
         expected: dict[str, bytes] = {}
         conflicting: set[str] = set()
         for done in reloaded:
@@ -247,7 +239,7 @@ class WriteThrough(Listeners):
             del expected[key]
         entities = self.entities
 
-        def commands(new_tokens: Mapping[str, bytes]) -> list[Operation]:
+        def operations(new_tokens: Mapping[str, bytes]) -> list[Operation]:
             out: list[Operation] = []
             ttl = entities.ttl_ms()
             for done in reloaded:
@@ -263,7 +255,7 @@ class WriteThrough(Listeners):
                         out.append(Unlink(key))
             return out
 
-        core.invalidate_written(tables, extra=commands, expected=expected)
+        return operations, expected
 
 
 def _stamps(
