@@ -140,6 +140,25 @@ def get_or_set(
     region: str | None = None,
 ) -> T:
     """Cache-aside: ``creator`` runs once per miss across processes (stampede lock)."""
+    return read_through(
+        storage, key, creator, ttl=ttl, tags=tags, compress=compress, region=region
+    )[0]
+
+
+def read_through(
+    storage: Storage,
+    key: str,
+    creator: Callable[[], T],
+    *,
+    ttl: float | None = None,
+    tags: Iterable[str] | str | None = None,
+    compress: bool | str | None = None,
+    region: str | None = None,
+    store_if: Callable[[T], bool] | None = None,
+) -> tuple[T, bool]:
+    """(value, True when it came from the cache): :func:`get_or_set` for callers that must
+    know, such as the ASGI middleware (a response built by ``creator`` was already sent).
+    ``store_if(value)`` False keeps a built value out of the cache."""
     redis_key = storage.keys.generic(key)
     clean_tags = clean_names("tags", tags)
     seconds = ttl_seconds(storage, ttl, region)
@@ -153,7 +172,7 @@ def get_or_set(
         return result
 
     try:
-        value, _ = storage.reader.read(
+        return storage.reader.read(
             redis_key,
             _deps(storage, clean_tags),
             creator,
@@ -164,10 +183,10 @@ def get_or_set(
             compress=compress,
             refresh=creator if refresh is not None else None,
             strict=True,
+            store_if=store_if,
         )
     except Unencodable as exc:
         raise _bad_value(f"the value returned by {creator!r}", exc) from exc
-    return value
 
 
 def delete(storage: Storage, key: str) -> bool:

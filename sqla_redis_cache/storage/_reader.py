@@ -160,6 +160,7 @@ class Reader:
         keep_local: Callable[[T], bool] | None = None,
         refresh: Callable[[], T] | None = None,
         strict: bool = False,
+        store_if: Callable[[T], bool] | None = None,
     ) -> tuple[T, bool]:
         """The value for ``key`` and whether it came from the cache.
 
@@ -167,6 +168,8 @@ class Reader:
         (only immutable values may); None keeps nothing locally.  ``refresh`` is a builder safe
         to run on another thread, used for refresh-ahead in the background.  ``strict`` raises
         :class:`Unencodable` for a value that cannot be stored instead of returning it uncached.
+        ``store_if(value)`` False returns a built value without storing it (waiters on the lock
+        then build their own).
         """
         started = time.perf_counter()
         if self.versions.owes and not self.versions.settle():
@@ -188,6 +191,7 @@ class Reader:
         fill.opened = opened
         fill.refresh = refresh
         fill.strict = strict
+        fill.store_if = store_if
         return fill.run(lock_name or key + ":lock", refresh_after, started)
 
 
@@ -220,6 +224,7 @@ class _Fill(Generic[T]):
         self.aged = False
         self.refresh: Callable[[], T] | None = None
         self.strict = False
+        self.store_if: Callable[[T], bool] | None = None
         self.opened: tuple[float, Any] | None = None
 
     def value_and_created(self) -> tuple[T, float]:
@@ -251,7 +256,7 @@ class _Fill(Generic[T]):
     def store(self, stamps: bytes | None, value: T) -> float:
         reader = self.reader
         created = time.time()
-        if stamps is None:
+        if stamps is None or (self.store_if is not None and not self.store_if(value)):
             return created
         try:
             entry = reader.codec.seal(  # values from user code (strict) must read back
