@@ -16,11 +16,10 @@ from ._config import CacheConfig, RegionConfig
 from ._errors import ConfigurationError
 from .io import RedisIO
 from .storage._stats import CacheStats
-from .wiring._options import CacheDirective, cached
+from .wiring._options import cached
 
 __all__ = [
     "CacheConfig",
-    "CacheDirective",
     "CacheStats",
     "ConfigurationError",
     "QueryCache",

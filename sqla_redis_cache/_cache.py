@@ -190,6 +190,10 @@ class QueryCache(AsyncAPI):
         return _generic.delete(self._storage, key)
 
     def delete_pattern(self, pattern: str) -> int:
+        """Delete the generic keys matching ``pattern``, a Redis glob relative to the namespace.
+
+        Returns how many were deleted (-1 if Redis was unavailable, as :meth:`clear`).
+        """
         return _generic.delete_pattern(self._storage, pattern)
 
     def region(self, name: str) -> CacheRegion:
@@ -233,11 +237,11 @@ class QueryCache(AsyncAPI):
 
         ::
 
-            @cache.memoize(ttl=86400, tags=["ai"], region="ai_response")
-            def complete(prompt: str, temperature: float = 0.7) -> str: ...
+            @cache.memoize(tags=["rates"], region="long")
+            def exchange_rate(base: str, quote: str = "EUR") -> float: ...
 
-            complete.invalidate("hello")          # drop one entry
-            cache.invalidate_tags("ai")           # drop them all
+            exchange_rate.invalidate("USD")       # drop one entry
+            cache.invalidate_tags("rates")        # drop them all
 
         One caller computes a missing value while the others wait (stampede lock).  Arguments
         must be plain values (numbers, strings, dates, lists/dicts of them) unless ``key`` is

@@ -1,9 +1,14 @@
 """Configuration: TTL profiles, timeouts, secrets, and where they come from.
 
 Everything the cache needs to know is collected in one frozen :class:`CacheConfig`, built either
-directly, from a Redis URL (:meth:`CacheConfig.from_url`) or from the environment variables of the
-seed guide (:meth:`CacheConfig.from_env`).  Keeping it immutable means a running cache can never be
+directly, from a Redis URL (:meth:`CacheConfig.from_url`) or from the ``REDIS_*`` environment
+variables (:meth:`CacheConfig.from_env`).  Keeping it immutable means a running cache can never be
 half-reconfigured; build a new :class:`~sqla_redis_cache.QueryCache` instead.
+
+TTL profiles (regions) name how long entries live.  The defaults are few and general: how stale
+a kind of data may be (``short``, ``long``) or what the library itself caches (``db_query``,
+the default of ``cached()``; ``db_aggregate``; ``api_response``, the default of the ASGI
+middleware).  An application declares its own next to them (``regions={"reports": 600}``).
 
 Timeouts default to tens of milliseconds on purpose: a cache is an optimisation, and a dead Redis
 must cost a request milliseconds, not redis-py's default five seconds.
@@ -27,17 +32,13 @@ from typing import Any
 from . import _redis_settings
 from ._errors import ConfigurationError
 
-#: The seed guide's TTL table, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
+#: The default TTL profiles, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
 DEFAULT_REGIONS: Mapping[str, float] = {
-    "ai_response": 86400,
-    "ai_context": 3600,
-    "db_query": 300,
-    "db_aggregate": 900,
-    "api_response": 120,
-    "session": 86400,
-    "user_profile": 1800,
-    "analytics": 3600,
-    "static_asset": 604800,
+    "short": 60,  # data that changes often, or may be a minute old
+    "api_response": 120,  # HTTP responses (``asgi.CacheMiddleware``)
+    "db_query": 300,  # query results (``cached()``)
+    "db_aggregate": 900,  # reports: counts, sums, groupings over large tables
+    "long": 86400,  # rarely changing data: reference tables, settings, profiles
 }
 
 DEFAULT_REGION = "db_query"
@@ -274,7 +275,7 @@ class CacheConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **settings: Any) -> CacheConfig:
-        """Read the seed guide's variables: ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/``DB``;
+        """Read ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/``DB``;
         ``REDIS_USERNAME``/``PASSWORD``, ``REDIS_TLS_*``, ``REDIS_CLUSTER_*``,
         ``REDIS_SENTINEL_*`` (docs/deployment.md); ``SQLA_CACHE_SECRET`` for signing,
         ``SQLA_CACHE_COMPRESSION`` for the compressor, ``CACHE_WARMUP`` for start-up warming."""

@@ -3,7 +3,7 @@
 A cache talks to one of three deployments: a single server (``redis://``, ``rediss://``,
 ``unix://``), a Redis Cluster (``cluster=True``, with startup nodes), or a master watched by
 Sentinel (``redis+sentinel://`` or sentinel settings).  Any of them may use TLS and an ACL user.
-This module turns the seed guide's environment variables and URLs into those settings and
+This module turns URLs and the ``REDIS_*`` environment variables into those settings and
 rejects combinations that cannot work with **one** clear :class:`ConfigurationError` when the
 configuration is built, rather than a confusing failure on the first query (or, worse, a cache
 that silently fails open forever).
@@ -104,7 +104,7 @@ def url_settings(url: str, settings: Mapping[str, Any]) -> tuple[str, dict[str, 
 
 
 def env_settings(env: Mapping[str, str], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Deployment settings from the seed guide's variables (explicit ``settings`` win)."""
+    """Deployment settings from the ``REDIS_*`` variables (explicit ``settings`` win)."""
     out = dict(settings)
 
     def put(name: str, value: Any) -> None:
@@ -114,7 +114,8 @@ def env_settings(env: Mapping[str, str], settings: Mapping[str, Any]) -> dict[st
         put("cluster", True)
         if env.get("REDIS_CLUSTER_NODES", "").strip():
             put("cluster_nodes", parse_nodes(env["REDIS_CLUSTER_NODES"], "REDIS_CLUSTER_NODES"))
-    # REDIS_CLUSTER_NODES without REDIS_CLUSTER_ENABLED=true is ignored, as in the seed guide
+    # REDIS_CLUSTER_NODES without REDIS_CLUSTER_ENABLED=true is ignored (a configuration may
+    # keep the nodes listed while the cluster is switched off)
     if env.get("REDIS_SENTINEL_NODES", "").strip():
         put("sentinel_nodes", parse_nodes(env["REDIS_SENTINEL_NODES"], "REDIS_SENTINEL_NODES"))
         put("sentinel_master", env.get("REDIS_SENTINEL_MASTER") or None)

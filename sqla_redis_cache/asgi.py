@@ -16,7 +16,7 @@ GET is fresh.  Version stamps are read before the app runs, like every other fil
 that races the request makes its entry stale at birth.
 
 :func:`status_app` serves ``GET /status`` and ``POST /status`` (``{"action": "clear-all" |
-"clear-db" | "clear-ai" | "reset-stats" | "warm-up"}``).  It refuses to exist without a
+"clear-db" | "clear-memoized" | "reset-stats" | "warm-up"}``).  It refuses to exist without a
 ``guard``: an unguarded mount raises at construction, before the app starts.
 
 Redis calls here never block the event loop: they go through the cache's asyncio I/O
@@ -47,7 +47,7 @@ TagsFor = Iterable[str] | Callable[[Scope], Iterable[str]]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: the status API's actions
-ACTIONS = frozenset({"clear-all", "clear-db", "clear-ai", "reset-stats", "warm-up"})
+ACTIONS = frozenset({"clear-all", "clear-db", "clear-memoized", "reset-stats", "warm-up"})
 _NO_STORE = (b"private", b"no-store", b"no-cache")
 
 
@@ -225,7 +225,7 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
             return _operator.clear(cache, everything=True)
         if action == "clear-db":
             return _operator.clear(cache, queries=True, entities=True)
-        if action == "clear-ai":
+        if action == "clear-memoized":
             return {"memoized": cache.delete_pattern("memo:*")}
         if action == "reset-stats":
             cache.reset_stats(shared=True)

@@ -135,7 +135,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         engine.dispose()
 
 
-# write-path tests (issue 3): their own schema, on PostgreSQL and SQLite ---------------------
+# write-path tests: their own schema, on PostgreSQL and SQLite --------------------------------
 
 _WRITE_ENGINES: dict[str, tuple[Engine, Counter]] = {}
 

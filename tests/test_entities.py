@@ -1,4 +1,4 @@
-"""Entity cache and write-through (issue 3; the seed's cacheEntity / getCachedEntity)."""
+"""Entity cache and write-through: ``session.get(..., options=[cached()])`` and the entity API."""
 
 from __future__ import annotations
 

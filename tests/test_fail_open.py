@@ -52,6 +52,16 @@ def test_unreachable_redis_serves_from_the_database(
         cache.close()
 
 
+def test_clear_and_delete_pattern_report_failure_alike(namespace: str) -> None:
+    """Both delete keys by pattern; both say -1 when Redis was unavailable."""
+    cache = QueryCache.from_url(f"redis://127.0.0.1:{_services.free_port()}/0", namespace=namespace)
+    try:
+        assert cache.delete_pattern("user:*") == -1
+        assert cache.clear() == -1
+    finally:
+        cache.close()
+
+
 @pytest.fixture
 def throwaway() -> Iterator[tuple[str, int]]:
     port = _services.free_port()

@@ -229,7 +229,7 @@ def test_extra_regions_are_configurable(redis_target: RedisTarget, namespace: st
     try:
         assert qc.config.region("reports").ttl == 42
         assert qc.config.region(None).ttl == 10
-        assert qc.config.region("static_asset").ttl == 604800
+        assert qc.config.region("long").ttl == 86400
     finally:
         qc.close()
 

@@ -1,4 +1,4 @@
-"""Every write path invalidates what it changed (issue 3).
+"""Every write path invalidates what it changed.
 
 Each test fills a cached read, proves the next read is a hit (no SQL), writes through one
 path, and proves the next read goes to the database and returns the new data.  Without the

@@ -19,7 +19,7 @@ values msgpack cannot encode, and only when a secret is configured, so nothing i
 from Redis unless it was signed with that secret.  Like JSON, msgpack has one sequence type:
 tuples inside values come back as lists (result rows are turned back into tuples).
 
-Payloads above ``compress_threshold`` bytes are compressed (the seed guide's 1 KB rule) with the
+Payloads above ``compress_threshold`` bytes (1 KB by default) are compressed with the
 configured compressor: zlib (always available), zstd (``zstandard``) or lz4 (``lz4``), the
 optional ones imported only when used.  The compressor's id travels in the flags byte, under
 the MAC, so any cache can read any entry whose compressor is installed; one it cannot

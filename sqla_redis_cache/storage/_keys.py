@@ -7,9 +7,9 @@ only its own keys.  The layout (see docs/deployment.md for slots):
   (``wiring._identity``: driver, where and as whom it connects, every connect parameter that
   can change results), final SQL and the DBAPI parameters exactly as the driver would receive
   them;
-- ``ns:k:<key>``      a generic value (the seed guide's key/value API);
+- ``ns:k:<key>``      a generic value (the key/value API);
 - ``ns:t:<table>``    the version token of a table; ``ns:g:<tag>`` of a tag; ``ns:all`` of
-  the whole namespace (bumped by ``clear()`` and by writes whose target is unknown).
+  the whole namespace (replaced by ``clear()`` and by writes whose target is unknown).
 
 The SQL is taken *after* compilation, so anything that changes it (dialect, schema translation,
 literal rendering) changes the key.  The driver is part of the key because cached rows are raw

@@ -21,7 +21,7 @@ What is read, and where it is used:
 ==================================================  ============================================
 internal                                            used by
 ==================================================  ============================================
-``Connection._is_autocommit_isolation()``           writes publish at once under AUTOCOMMIT
+``Connection._is_autocommit_isolation()``           writes invalidated at once (AUTOCOMMIT)
 ``OptionEngine._proxied``                           one engine behind ``execution_options()``
 ``DefaultExecutionContext.invoked_statement``,      ``cached()`` read from the statement on an
 ``Executable._with_options``                        engine attached by itself

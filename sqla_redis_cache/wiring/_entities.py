@@ -1,11 +1,11 @@
-"""Entity cache with write-through: the seed's ``cacheEntity`` / ``getCachedEntity``.
+"""Entity cache with write-through: ``session.get(..., options=[cached()])`` and the entity API.
 
 An entity entry holds the committed column values of one row, keyed by database identity,
 the base table of its class hierarchy (after ``schema_translate_map``: each tenant schema has
 entries of its own) and its primary key (``ns:e:<digest>``), so that
 ``session.get(Employee, 2)`` finds the ``Manager`` stored by a flush of that manager.
 Flushes under a ``schema_translate_map`` are only invalidated, not written through, and an
-engine whose connections changed session settings at run time (``_conn_state``) is no longer
+engine whose connections changed session settings at run time (``_runtime_settings``) is no longer
 answered for: the entity cache answers before a connection exists, so it cannot see which
 settings the query would have run with.
 
@@ -14,7 +14,7 @@ every table its loaded columns read (the tables of its class hierarchy, and thos
 ``column_property`` selects from), so any write those tables see (bulk DML, Core, text(),
 another process) turns it into a miss.  What a Session commits is *written through*
 (``_write_through``): the rows it wrote are reloaded from the database just before the commit
-and published with the tables' new tokens after it, so the next ``get`` anywhere is a hit with
+and written with the tables' new tokens after it, so the next ``get`` anywhere is a hit with
 exactly what the database holds, and deleted rows are removed.  Only the hierarchies this
 process reads through the entity cache are written through; the others are only invalidated.
 

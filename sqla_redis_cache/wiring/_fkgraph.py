@@ -163,7 +163,7 @@ class _EngineGraph:
         self.graph: ForeignKeyGraph | None = None
         self.loaded_at = 0.0
         self.retry_at = 0.0
-        self.generation = 0  # bumped by DDL
+        self.generation = 0  # incremented by DDL
         self.loaded_generation = -1
 
     def mark_stale(self) -> None:

@@ -24,7 +24,7 @@ in-memory database, or an in-memory engine on a ``StaticPool`` (one connection),
 identity per engine.
 
 What a connection changes at run time (``SET``, roles, temporary tables) is not part of the
-identity: reads on such connections bypass the cache (``_conn_state``).
+identity: reads on such connections bypass the cache (``_runtime_settings``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Settings known not to change results (timeouts, ``application_name``, planner an
 settings, ``SET CONSTRAINTS``...) are ignored.  Changes made on the raw DBAPI connection, or
 inside functions, are invisible, like raw writes.
 
-Isolation set in SQL is tracked here too, for the snapshot rule of ``_execution``: ``SET
+Isolation set in SQL is tracked here too, for the snapshot rule of ``_reads``: ``SET
 TRANSACTION ISOLATION LEVEL``, ``BEGIN``/``START TRANSACTION ISOLATION LEVEL``, ``SET
 transaction_isolation`` raise this transaction's level; ``SET SESSION CHARACTERISTICS AS
 TRANSACTION ...`` and ``default_transaction_isolation`` raise the level of every later

@@ -1,7 +1,8 @@
-"""Declared consequences of writes: ``table -> extra tables and tags`` (the seed's write map).
+"""Declared consequences of writes: ``table -> extra tables and tags``.
 
-The seed guide invalidates ``analytics:*`` and ``api:emissions:*`` whenever ``emissions`` is
-written.  Here the same intent is a mapping in the configuration::
+A write to a table may change more than the table: a trigger fills a summary table, a report or
+an HTTP response built from it carries a tag.  Such consequences are declared in the
+configuration::
 
     QueryCache.from_url(url, invalidates={
         "emissions": {"tables": ["emission_totals"], "tags": ["analytics", "dashboard"]},
@@ -14,7 +15,7 @@ its own rules) and the closure is computed once per set of written tables.
 A rule says what a write *does*, so it applies wherever writes count, not only at commit: the
 writing transaction records the expanded tables as written (its reads of a trigger's target
 then bypass the cache, see their own rows, and never store uncommitted ones), and its reads
-carrying one of the rule's tags bypass too (``_execution``).
+carrying one of the rule's tags bypass too (``_reads``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Entity write-through: publish what the database holds after a commit, never an older value.
+"""Entity write-through: after a commit, the entity cache holds what the database holds, never
+an older value.
 
 What a flush saw is not what a transaction commits: a savepoint may roll it back, a later bulk
 UPDATE/DELETE, ``text()`` statement, trigger or ``ON DELETE CASCADE`` may change or remove the
@@ -7,8 +8,9 @@ padding, JSON keys, time zones).  So flushes only *note* the rows they wrote (pe
 and the rows are **reloaded from the database** in the connection's ``commit`` event: inside
 the transaction, after its last write, before the database commits; one ``SELECT … WHERE pk IN``
 per mapped class, through the same column types as an ORM load.  The session's
-``after_commit`` then publishes those values.  A write that runs after the reload (another
-``commit`` listener) makes the connection publish no rows at all.
+``after_commit`` then writes those values through, in the commit path's pipeline
+(``_commit``).  A write that runs after the reload (another ``commit`` listener) makes the
+connection write no rows through at all.
 
 Only hierarchies whose entity cache this process has used (a cached ``get``, ``get_entity``,
 ``cache_entity``) are reloaded, and only under READ COMMITTED-like isolation; other rows are
@@ -18,18 +20,20 @@ entity cache pays no statement and no Redis command for it.
 Never an older value.  Entries are stamped with version tokens; the commit replaces the tokens
 of the tables it wrote.  A later commit of any kind (flush, bulk DML, ``text()``, another
 process) replaces them again after *its* database commit, so it makes this entry stale, unless
-its replacement reached Redis *before* this publish (a late publish).  To catch that, the
-``commit`` event reads the tokens of every table the entry depends on *before* the reload
-``SELECT``, in the same round trip that sets the rows' pending markers.  The publish then swaps
-the written tables' tokens with ``SWAP_TOKEN``: the entry's stamp becomes current only if no one
-replaced the token since that read.  Tables the transaction did not write (a ``column_property``
+its replacement reached Redis *before* this write-through (a late write-through).  To catch
+that, the ``commit`` event reads the tokens of every table the entry depends on *before* the
+reload ``SELECT``, in the same round trip that sets the rows' pending markers.  The
+write-through then swaps the written tables' tokens only if unchanged (``io.ReplaceToken`` with
+``expected``): the entry's stamp becomes current only if no one replaced the token since that
+read.  Tables the transaction did not write (a ``column_property``
 over another table, the other tables of a hierarchy) are stamped with the token read before the
 reload, exactly as a cached query is stamped with tokens read before it ran.  Any commit after
 the reload therefore leaves the entry stale.  Under REPEATABLE READ / SERIALIZABLE the reload
 would read the transaction's older snapshot, so nothing is written through there.
 
-The pending marker (set in the same round trip) keeps the older guarantee too: a late publish
-of an older commit finds a newer writer's marker and does not overwrite its entry.
+The pending marker (set in the same round trip) keeps the older guarantee too: a late
+write-through of an older commit finds a newer writer's marker and does not overwrite its
+entry.
 """
 
 from __future__ import annotations
@@ -267,7 +271,7 @@ def _stamps(
     """The entry's stamps, or None when a token cannot vouch for the reloaded values."""
     parts = []
     for key in deps:
-        if key in new_tokens:  # replaced by this publish: only a swap of a known token will do
+        if key in new_tokens:  # replaced by this commit: only a swap of a known token will do
             if key not in expected:
                 return None
             parts.append(new_tokens[key])
