@@ -1,7 +1,7 @@
 """Side-by-side benchmark: uncached query, the plain SQLAlchemy caching recipe, this library.
 
-Run with ``sqla-redis-cache bench`` (or ``python -m sqla_redis_cache.bench``; ``--async`` for
-the AsyncSession benchmark of :mod:`sqla_redis_cache.bench_async`).  Each shape is
+Run from a source checkout with ``sqla-redis-cache bench`` (or ``python -m benchmarks.bench``;
+``--async`` for the AsyncSession benchmark of ``benchmarks/bench_async.py``).  Each shape is
 measured in one process, interleaving the three variants round by round so that machine noise
 hits them alike; each round times a block of ``block`` consecutive executions per variant (the
 steady state of a busy worker), and the report gives medians over rounds and ratios to the
@@ -15,8 +15,6 @@ backend, pickle) and ``merge_frozen_result(load=False)`` on a hit.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -237,31 +235,7 @@ def _invalidation_cost(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--async" in argv:  # AsyncSession on asyncpg: see bench_async
-        from benchmarks.bench_async import main as main_async
+if __name__ == "__main__":  # python -m benchmarks.bench [options]: the CLI's bench command
+    from sqla_redis_cache.cli import main
 
-        return main_async([a for a in argv if a != "--async"])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default="postgresql+psycopg2://postgres@127.0.0.1/test")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--block", type=int, default=10)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--no-near-cache", action="store_true")
-    args = parser.parse_args(argv)
-    report = run(
-        args.database_url,
-        args.redis_url,
-        args.rounds,
-        args.rows,
-        args.block,
-        near_cache=not args.no_near_cache,
-    )
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    main(["bench", *sys.argv[1:]], prog_name="sqla-redis-cache")

@@ -1,9 +1,9 @@
 """Async benchmark: ``AsyncSession`` uncached vs. this library, and throughput under concurrency.
 
-Run with ``python -m sqla_redis_cache.bench --async`` (or ``python -m
-sqla_redis_cache.bench_async``).  The shapes, the interleaving of variants round by round and the
-report format are those of :mod:`sqla_redis_cache.bench`; the plain recipe is left out because
-dogpile.cache has no asyncio support (under concurrency it deadlocks, see docs/async.md).
+Run from a source checkout with ``sqla-redis-cache bench --async``.  The shapes, the interleaving
+of variants round by round and the report format are those of ``benchmarks/bench.py``; the plain
+recipe is left out because dogpile.cache has no asyncio support (under concurrency it deadlocks,
+see docs/async.md).
 
 The throughput part runs ``concurrency`` coroutines on one loop, each opening a session and
 reading one row by primary key (ids spread over ``keys`` distinct values, so the cached variant
@@ -12,9 +12,7 @@ serves hits) for ``seconds``; both variants share the same pool size.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import time
 from typing import Any
@@ -152,30 +150,9 @@ async def run_async(
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default="postgresql+asyncpg://postgres@127.0.0.1/test")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--block", type=int, default=10)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    args = parser.parse_args(argv)
-    report = asyncio.run(
-        run_async(
-            args.database_url,
-            args.redis_url,
-            args.rounds,
-            args.rows,
-            args.block,
-            args.concurrency,
-            args.seconds,
-        )
-    )
-    print(json.dumps(report, indent=2))
-    return 0
+if __name__ == "__main__":  # python -m benchmarks.bench_async [options]
+    import sys
 
+    from sqla_redis_cache.cli import main
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    main(["bench", "--async", *sys.argv[1:]], prog_name="sqla-redis-cache")

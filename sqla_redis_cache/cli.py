@@ -55,28 +55,56 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 
 
 @main.command()
-@click.option("--database-url", default="postgresql+psycopg2://postgres@127.0.0.1/test")
+@click.option(
+    "--database-url",
+    default="postgresql+psycopg2://postgres@127.0.0.1/test",
+    show_default=True,
+    help="The database (the benchmark creates its own table of --rows rows).",
+)
 @click.option("--redis-url", envvar="REDIS_URL", default="redis://127.0.0.1:6379/0")
 @click.option("--rounds", default=30, show_default=True)
-@click.option("--block", default=10, show_default=True)
+@click.option("--block", default=10, show_default=True, help="Executions timed per round.")
 @click.option("--rows", default=200_000, show_default=True)
-def bench(database_url: str, redis_url: str, rounds: int, block: int, rows: int) -> None:
-    """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library."""
-    bench_main = _benchmarks("bench").main
-    bench_main(
-        [
-            f"--database-url={database_url}",
-            f"--redis-url={redis_url}",
-            f"--rounds={rounds}",
-            f"--block={block}",
-            f"--rows={rows}",
-        ]
-    )
+@click.option("--no-near-cache", is_flag=True, help="Decode every hit (no in-process copy).")
+@click.option("--async", "use_async", is_flag=True, help="AsyncSession (asyncpg), with throughput.")
+@click.option("--concurrency", default=100, show_default=True, help="Coroutines (--async).")
+@click.option("--seconds", default=3.0, show_default=True, help="Throughput run (--async).")
+def bench(
+    database_url: str,
+    redis_url: str,
+    rounds: int,
+    block: int,
+    rows: int,
+    no_near_cache: bool,
+    use_async: bool,
+    concurrency: int,
+    seconds: float,
+) -> None:
+    """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library.
+
+    The benchmarks live in the source checkout (benchmarks/), not in the installed package.
+    """
+    if use_async:
+        import asyncio
+
+        run_async = _benchmarks("bench_async").run_async
+        report = asyncio.run(
+            run_async(database_url, redis_url, rounds, rows, block, concurrency, seconds)
+        )
+    else:
+        run = _benchmarks("bench").run
+        report = run(database_url, redis_url, rounds, rows, block, near_cache=not no_near_cache)
+    click.echo(json.dumps(report, indent=2))  # in the order measured
+
+
+def _checkout() -> Path:
+    """The directory holding the package: a source checkout has benchmarks/ there."""
+    return Path(__file__).resolve().parent.parent
 
 
 def _benchmarks(name: str) -> Any:
     """``benchmarks/<name>.py`` of the source checkout this package runs from."""
-    root = Path(__file__).resolve().parent.parent
+    root = _checkout()
     if not (root / "benchmarks" / f"{name}.py").is_file():
         raise click.ClickException(
             "the benchmarks are not installed with the package: run this command from a "
