@@ -12,9 +12,12 @@ from sqlalchemy.orm import sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
 
-from .conftest import Database
+from .conftest import EVERY_DEPLOYMENT, Database
 from .models import User
 from .models_writes import Doc, Employee, Manager, Seat
+
+#: every test building its caches through ``redis_target`` runs on each deployment
+pytestmark = EVERY_DEPLOYMENT
 
 C = [cached()]
 

@@ -12,6 +12,11 @@ import redis
 
 from sqla_redis_cache import QueryCache
 
+from .conftest import EVERY_DEPLOYMENT
+
+#: every test building its caches through ``redis_target`` runs on each deployment
+pytestmark = EVERY_DEPLOYMENT
+
 
 def test_set_get_delete_roundtrip(cache: QueryCache) -> None:
     value = {

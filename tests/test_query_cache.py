@@ -12,8 +12,11 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
 
-from .conftest import Database, RedisTarget
+from .conftest import EVERY_DEPLOYMENT, Database, RedisTarget
 from .models import Order, Org, User
+
+#: every test building its caches through ``redis_target`` runs on each deployment
+pytestmark = EVERY_DEPLOYMENT
 
 
 def names(db: Database, stmt: Any) -> list[str]:

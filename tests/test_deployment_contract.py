@@ -1,70 +1,30 @@
-"""The cache's contract, run again on each distributed deployment (cluster, sentinel, TLS+ACL).
+"""The cache's contract on each distributed deployment (cluster, sentinel, TLS+ACL).
 
-A deployment module overrides the ``redis_target`` fixture and calls :func:`deployment_tests`,
-which brings in the tests of the core modules (``CORE_MODULES``) plus the deployment-level
-tests below: commit invalidation, tags, the generic API, ``delete_pattern``/``clear`` on every
-node, the stampede lock, stats, dogpile regions (multi-key reads) and the asyncio client.
-Nothing here knows which deployment it runs on.
+Commit invalidation, tags, the generic API, ``delete_pattern``/``clear`` on every node, the
+stampede lock, stats, dogpile regions (multi-key reads) and the asyncio client, on each
+deployment the ``redis_target`` fixture builds (conftest.py).  The core test modules (queries,
+invalidation, the generic API, freshness, asyncio, entities) run on the same deployments
+through their ``deployments`` marker.  Nothing here knows which deployment it runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 import threading
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 
 from sqla_redis_cache import QueryCache, cached
 from sqla_redis_cache.io._clients import make_async_client
 
+from ._deployments import namespace_keys
 from .conftest import Database, RedisTarget
 from .models import User
 
-#: test modules whose tests every deployment re-runs as they are: all their tests that build
-#: caches through the ``cache``/``redis_target`` fixtures (a test asking for ``redis_url``
-#: inspects the default server directly, so it stays with it), and their module fixtures
-CORE_MODULES = (
-    "test_query_cache",
-    "test_invalidation",
-    "test_generic",
-    "test_freshness",
-    "test_asyncio",
-    "test_entities",
-)
-
-
-def _is_fixture(value: Any) -> bool:
-    return hasattr(value, "_pytestfixturefunction") or type(value).__name__.startswith("Fixture")
-
-
-def deployment_tests() -> dict[str, Any]:
-    """``globals().update(deployment_tests())`` in a deployment module."""
-    found: dict[str, Any] = {}
-    for name in CORE_MODULES:
-        module = importlib.import_module(f"{__package__}.{name}")
-        for key, value in vars(module).items():
-            if _is_fixture(value) and key != "redis_target":
-                if found.get(key, value) is not value:
-                    raise RuntimeError(f"two CORE_MODULES define the fixture {key!r}")
-                found[key] = value
-            elif key.startswith("test_") and callable(value):
-                found[key] = value
-                if "redis_url" in inspect.signature(value).parameters:
-                    del found[key]
-    found.update({k: v for k, v in globals().items() if k.startswith("test_")})
-    return found
-
-
-def namespace_keys(target: RedisTarget, cache: QueryCache) -> list[str]:
-    client = target.client()
-    try:
-        return sorted(k.decode() for k in client.scan_iter(match=cache.config.namespace + ":*"))
-    finally:
-        client.close()
+pytestmark = pytest.mark.deployments("cluster", "sentinel", "tls")
 
 
 def _name(db: Database, user_id: int) -> str:
