@@ -158,7 +158,7 @@ def dead_redis(request: pytest.FixtureRequest) -> Iterator[tuple[str, int, Any]]
         server.close()
 
 
-def test_breaker_down_redis_costs_under_a_millisecond_and_recovers(
+def test_breaker_down_redis_is_not_called_and_recovers(
     pg: Database,
     sessions: sessionmaker[Session],
     namespace: str,
@@ -205,9 +205,13 @@ def test_breaker_down_redis_costs_under_a_millisecond_and_recovers(
             f"{overhead_ms:.3f} ms, median {median_ms:.3f} ms, slowest {worst_ms:.1f} ms "
             f"(timeout {timeout * 1000:.0f} ms), errors {qc.stats().errors}",
         )
-        assert overhead_ms < 1.0
-        assert worst_ms < timeout * 1000 / 2  # no request waited on a probe
-        assert qc.stats().hits == 0
+        # counts, not timings (the figures above are for reading): while the breaker is open no
+        # request calls Redis (a call to the dead server would be one more error; the probes run
+        # in the background and count nothing), and every cached read goes to the database
+        stats = qc.stats()
+        assert stats.errors == 3
+        assert stats.bypasses == 3 + len(down)
+        assert stats.hits == 0
 
         # Redis comes back on the same port: the cache recovers without a restart
         if fault is not None:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..wiring._cursor import Description
 from ._codec import zone_of, zoned
 from ._drivertypes import kind_named, kind_of
 from ._keys import SAFE_SCALARS
@@ -54,6 +53,8 @@ _DRIVER = 9
 _IMMUTABLE = set(SAFE_SCALARS)
 
 Rows = list[tuple[Any, ...]]
+#: a DBAPI cursor's ``description``: one 7-tuple per column (PEP 249)
+Description = Sequence[tuple[Any, ...]]
 
 
 _TZINFO = operator.attrgetter("tzinfo")

@@ -7,10 +7,10 @@ the database: the same result processors, the same ORM loading, identity map rul
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-Description = Sequence[tuple[Any, ...]]
+from ..storage._rows import Description
 
 
 class CachedCursor:
