@@ -49,7 +49,7 @@ RETRY_GROWTH = 1.5
 
 
 class Claims(NamedTuple):
-    """Commit ids a replacement adds to a pending token, and ids it ends (``_scripts``)."""
+    """Commit ids a replacement adds to a pending token, and ids it ends (``io._scripts``)."""
 
     add: frozenset[str]
     end: frozenset[str]

@@ -1,8 +1,8 @@
 """Installing a group of event listeners, idempotently, and removing them again.
 
-The wiring classes (session, engine, Core-commit hooks) each name their events in ``EVENTS``
-and implement one method per event; this base adds and removes exactly those listeners, so an
-``attach()`` repeated on the same target never doubles them.
+The hook classes (``SessionHooks``, ``ReadHooks``, ``WriteHooks``, ``TransactionHooks``) each
+name their events in ``EVENTS`` and implement one method per event; this base adds and removes
+exactly those listeners, so an ``attach()`` repeated on the same target never doubles them.
 """
 
 from __future__ import annotations
