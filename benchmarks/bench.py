@@ -65,6 +65,10 @@ class BenchItem(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+#: where the recipe's dogpile region keeps its entries
+RECIPE_PREFIX = "sqla_cache_bench_recipe:"
+
+
 class _FromRecipe(UserDefinedOption):
     """The recipe's option (payload: cache key prefix)."""
 
@@ -82,12 +86,25 @@ def install_recipe(session_factory: sessionmaker[Session], redis_url: str) -> An
             if isinstance(opt, _FromRecipe):
                 stmt = state.statement
                 compiled = stmt.compile(dialect=state.session.get_bind().dialect)  # type: ignore[attr-defined]
-                key = f"sqla_cache_bench_recipe:{compiled}:{sorted(compiled.params.items())!r}"
+                key = f"{RECIPE_PREFIX}{compiled}:{sorted(compiled.params.items())!r}"
                 frozen = region.get_or_create(key, lambda: state.invoke_statement().freeze())
                 return merge_frozen_result(state.session, stmt, frozen, load=False)()  # type: ignore[no-untyped-call]
         return None
 
     return region
+
+
+def _forget_recipe_entries(redis_url: str) -> None:
+    """Delete the recipe's entries left by an earlier run (it pickles ``BenchItem`` objects by
+    module path: a run of another version of this file could not read them)."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{RECIPE_PREFIX}*", count=1000):
+            client.unlink(key)
+    finally:
+        client.close()
 
 
 def _setup(engine: Engine, rows: int) -> None:
@@ -159,6 +176,7 @@ def run(
     _setup(engine, rows)
     plain = sessionmaker(engine)
     recipe = sessionmaker(engine)
+    _forget_recipe_entries(redis_url)  # pickles of another version may name other modules
     install_recipe(recipe, redis_url)
     ours = sessionmaker(engine)
     cache = QueryCache.from_url(
