@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import msgpack
 
-from sqla_redis_cache._codec import available_compressors, compressor
-from sqla_redis_cache._rows import encode_result
+from sqla_redis_cache._compression import available_compressors, compressor
+from sqla_redis_cache.storage._rows import encode_result
 
 TARGETS = [1_000, 10_000, 100_000, 1_000_000]
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]

@@ -31,6 +31,7 @@ from sqlalchemy import Numeric, String, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
+from sqla_redis_cache._cache import internals
 
 
 class Base(DeclarativeBase):
@@ -60,8 +61,8 @@ class Calls:
 
         event.listen(engine, "before_cursor_execute", count_sql)
         if cache is not None:  # wrap the store's two round-trip methods (this script only)
-            store = cache._core.store
-            for name in ("mget", "pipeline"):
+            store = internals(cache).storage.store
+            for name in ("get_many", "run"):
                 real = getattr(store, name)
 
                 def counted(*args: Any, _real: Any = real) -> Any:

@@ -12,14 +12,14 @@ See the documentation in ``docs/`` for the guarantees and how they are kept.
 """
 
 from ._cache import QueryCache
-from ._config import CacheConfig, ConfigurationError, RegionConfig
-from ._options import CacheDirective, cached
-from ._stats import CacheStats
-from ._store import RedisIO
+from ._config import CacheConfig, RegionConfig
+from ._errors import ConfigurationError
+from .io import RedisIO
+from .storage._stats import CacheStats
+from .wiring._options import cached
 
 __all__ = [
     "CacheConfig",
-    "CacheDirective",
     "CacheStats",
     "ConfigurationError",
     "QueryCache",

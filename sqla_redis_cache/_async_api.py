@@ -1,8 +1,8 @@
 """asyncio twins of the QueryCache API, as a mixin kept apart from the synchronous facade.
 
 Each method runs the synchronous implementation in SQLAlchemy's greenlet, where every Redis call
-is awaited on the running loop (see ``_aio``): the same semantics by construction, and the event
-loop never blocks.
+is awaited on the running loop (see ``io._asyncio``): the same semantics by construction, and the
+event loop never blocks.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _generic
+from .features import _generic
+from .io._asyncio import awaiting
 
 if TYPE_CHECKING:
-    from ._aio import LoopRouter
-    from ._core import Core
+    from .io._asyncio import LoopRouter
+    from .storage import Storage
 
 T = TypeVar("T")
 
@@ -24,7 +25,7 @@ class AsyncAPI:
     """``aget``, ``aset``, ``aget_or_set``, ``adelete``, ``adelete_pattern``,
     ``ainvalidate_tables``, ``ainvalidate_tags`` and ``aclose``."""
 
-    _core: Core
+    _storage: Storage
 
     if TYPE_CHECKING:  # provided by QueryCache
 
@@ -33,13 +34,11 @@ class AsyncAPI:
         def close(self) -> None: ...
 
     def _async_router(self) -> LoopRouter:
-        from ._aio import router
-
-        return router(self._core.store)
+        return self._storage.async_router()
 
     async def aget(self, key: str, default: Any = None) -> Any:
         """Awaitable :meth:`get`."""
-        return await self._async_router().run(_generic.get_value, self._core, key, default)
+        return await self._async_router().run(_generic.get_value, self._storage, key, default)
 
     async def aset(
         self,
@@ -53,7 +52,7 @@ class AsyncAPI:
     ) -> bool:
         """Awaitable :meth:`set`."""
         fn = partial(_generic.set_value, ttl=ttl, tags=tags, compress=compress, region=region)
-        result: bool = await self._async_router().run(fn, self._core, key, value)
+        result: bool = await self._async_router().run(fn, self._storage, key, value)
         return result
 
     async def aget_or_set(
@@ -71,20 +70,18 @@ class AsyncAPI:
         Concurrent misses of one loop wait on an asyncio lock while one of them runs
         ``creator`` (and on the Redis lock across processes).
         """
-        from ._aio import awaiting
-
         router = self._async_router()
         fn = partial(_generic.get_or_set, ttl=ttl, tags=tags, compress=compress, region=region)
-        result: T = await router.run(fn, self._core, key, awaiting(router, creator))
+        result: T = await router.run(fn, self._storage, key, awaiting(router, creator))
         return result
 
     async def adelete(self, key: str) -> bool:
         """Awaitable :meth:`delete`."""
-        return await self._async_router().run(_generic.delete, self._core, key)
+        return await self._async_router().run(_generic.delete, self._storage, key)
 
     async def adelete_pattern(self, pattern: str) -> int:
         """Awaitable :meth:`delete_pattern`."""
-        return await self._async_router().run(_generic.delete_pattern, self._core, pattern)
+        return await self._async_router().run(_generic.delete_pattern, self._storage, pattern)
 
     async def ainvalidate_tables(self, *tables: str) -> bool:
         """Awaitable :meth:`invalidate_tables`."""

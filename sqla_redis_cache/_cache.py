@@ -1,31 +1,33 @@
-"""QueryCache: the facade that owns configuration, store and statistics, and attaches wiring.
+"""QueryCache: the facade that builds one cache's layers and answers the public API.
 
-A :class:`QueryCache` is cheap to keep for the life of the process and safe to share between
-threads.  ``attach()`` installs event listeners on sessions and engines; it never patches
-SQLAlchemy.  Everything it writes to Redis lives under ``<namespace>:``.
+A :class:`QueryCache` owns the storage layer (``storage.Storage``: keys, store, version
+tokens, codec, reader, statistics) and the SQLAlchemy wiring (``wiring.Wiring``: the hooks
+``attach()`` installs); the features (generic API, memoize, warm-up, dogpile regions, shared
+statistics) are functions over the storage.  It is cheap to keep for the life of the process
+and safe to share between threads.  ``attach()`` installs event listeners on sessions and
+engines; it never patches SQLAlchemy.  Everything it writes to Redis lives under
+``<namespace>:``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from dogpile.cache.region import CacheRegion
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from . import _generic, _memoize
 from ._async_api import AsyncAPI
-from ._backend import make_dogpile_region
-from ._config import CacheConfig
-from ._core import STATS_TTL_MS, Core, base_engine, engines_of
-from ._options import _clean
-from ._stats import CacheStats, StatsFlusher, stats_from_hash
-from ._store import FAILED, RedisIO
-from ._warmup import WarmupRegistry
-
-if TYPE_CHECKING:
-    pass
+from ._config import CacheConfig, clean_names
+from .features import _admin, _generic, _memoize, _shared_stats
+from .features._dogpile import make_dogpile_region
+from .features._warmup import WarmupRegistry
+from .io import RedisIO
+from .io._clients import connect_sync
+from .io._memory import MemoryIO
+from .storage import Storage
+from .storage._stats import CacheStats, StatsFlusher
+from .wiring import _compat
+from .wiring._attach import Wiring
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,12 +41,16 @@ class QueryCache(AsyncAPI):
     """
 
     def __init__(self, config: CacheConfig | None = None, *, io: RedisIO | None = None) -> None:
-        self.config = config or CacheConfig()
-        self._core = Core(self.config, io)
-        self._attached: list[Any] = []
+        self.config = config = config or CacheConfig()
+        if io is None:
+            io = connect_sync(config)
+        self._storage = Storage(config, io, _compat.concurrency)
+        self._wiring = Wiring(config, self._storage)
         self._regions: dict[str, CacheRegion] = {}
         self._warmup = WarmupRegistry()
-        self._flusher = StatsFlusher(self.flush_stats, self.config.stats_interval)
+        self._flusher = StatsFlusher(self.flush_stats, config.stats_interval)
+        #: statistics are shared through Redis; an in-process backend keeps them local
+        self._stats_shared = not isinstance(io, MemoryIO)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sqlacache", **settings: Any) -> QueryCache:
@@ -66,8 +72,6 @@ class QueryCache(AsyncAPI):
 
         Entries and invalidations are invisible to other processes.
         """
-        from ._memory import MemoryIO
-
         settings.setdefault("stats_interval", 0)
         return cls(CacheConfig(namespace=namespace, **settings), io=MemoryIO())
 
@@ -75,150 +79,79 @@ class QueryCache(AsyncAPI):
 
     def attach(self, target: Any) -> QueryCache:
         """Cache ``cached()`` statements run through ``target`` and invalidate on its commits."""
-        core = self._core
-        from . import _aio  # asyncio: AsyncEngine, AsyncSession, async_sessionmaker
-
-        if _aio.is_async_target(target):
-            _aio.router(core.store)
-            target, engines = _aio.sync_target(target)
-            for engine in engines:
-                core.ensure_engine(engine)
-        target = getattr(target, "sync_engine", target)
-        if isinstance(target, Engine):
-            core.ensure_engine(target)
-            core.explicit_engines.add(base_engine(target))  # cached() on any of its sessions
-        elif isinstance(target, sessionmaker | Session) or (
-            isinstance(target, type) and issubclass(target, Session)
-        ):
-            core.session_hooks.install(target)
-            for engine in engines_of(target):
-                core.ensure_engine(engine)
-        else:
-            raise TypeError(
-                "attach() takes a sessionmaker, a Session subclass, a Session or an Engine "
-                f"(or their asyncio counterparts), not {type(target).__qualname__}"
-            )
-        if target not in self._attached:
-            self._attached.append(target)
+        self._wiring.attach(target)
         self._flusher.start()
         return self
 
     def detach(self, target: Any) -> None:
         """Undo :meth:`attach` for ``target``."""
-        from . import _aio
-
-        if _aio.is_async_target(target):
-            target = _aio.sync_target(target, create=False)[0]
-            if target is None:
-                return
-        target = getattr(target, "sync_engine", target)
-        if isinstance(target, Engine):
-            target = base_engine(target)
-            self._core.engine_hooks.uninstall(target)
-            self._core.commit_hooks.uninstall(target)
-            self._core._engines.discard(target)
-            self._core.explicit_engines.discard(target)
-        else:
-            self._core.session_hooks.uninstall(target)
-        if target in self._attached:
-            self._attached.remove(target)
+        self._wiring.detach(target)
 
     def close(self) -> None:
         """Detach everything and close the Redis connections."""
-        for target in list(self._attached):
-            self.detach(target)
-        self._core.release_engines()
+        self._wiring.close()
         self._flusher.stop()
         if self.config.stats_interval:
             self.flush_stats()
-        self._core.reader.close()
-        self._core.versions.close()
-        self._core.store.breaker.stop()
-        self._core.store.io.close()
-        if self._core.store.io_selector is not None:
-            self._async_router().forget()
+        self._storage.close()
 
     # invalidation --------------------------------------------------------------------------
 
     def invalidate_tables(self, *tables: str) -> bool:
         """Every cached result that read one of ``tables`` misses from now on, everywhere."""
-        names = _clean("tables", tables)
-        return self._core.invalidate_written(names)
+        return self._wiring.commit_path.invalidate(clean_names("tables", tables))
 
     def invalidate_tags(self, *tags: str) -> bool:
-        names = _clean("tags", tags)
-        return self._core.versions.bump(self._core.keys.tag(t) for t in names)
+        """Every entry carrying one of ``tags`` misses from now on, everywhere."""
+        return self._wiring.commit_path.invalidate(tags=clean_names("tags", tags))
 
     def clear(self) -> int:
         """Invalidate everything under the namespace at once, then reclaim its keys.
 
         Returns the number of keys deleted (-1 if Redis was unavailable).
         """
-        core = self._core
-        if not core.versions.bump([core.keys.all_key]):
+        if not self._wiring.commit_path.invalidate_everything():
             return -1
-        from ._keys import escape_glob
+        return _generic.delete_namespace(self._storage)
 
-        deleted = core.store.call(core.store.io.scan_delete, escape_glob(core.keys.prefix) + "*")
-        if deleted is FAILED:
-            return -1
-        core.stats.drain()[1]()  # the shared stats went too: do not resurrect them on close
-        return int(deleted)
-
-    # entities (issue 3: the seed's cacheEntity / getCachedEntity) ---------------------------
+    # entities ------------------------------------------------------------------------------
     #
     # ``bind`` is the Engine or Session the entity belongs to; it may be omitted when exactly
     # one engine is attached.  ``session.get(cls, pk, options=[cached()])`` uses the same
-    # entries, and commits write them through (see ``_entities``).
+    # entries, and commits write them through (see ``wiring._entities``).
 
     def get_entity(self, cls: type[T], pk: Any, *, bind: Any = None) -> T | None:
         """A detached instance from the entity cache, or None on a miss (never queries)."""
-        return self._core.entities.get_entity(cls, pk, self._entity_engine(cls, bind))  # type: ignore[no-any-return]
+        engine = self._wiring.entity_engine(cls, bind)
+        return self._wiring.entities.get_entity(cls, pk, engine)  # type: ignore[no-any-return]
 
     def cache_entity(self, obj: Any, *, bind: Any = None) -> bool:
         """Store the committed state of ``obj`` (pending changes are never stored)."""
-        return self._core.entities.cache_entity(obj, self._entity_engine(type(obj), bind))
+        engine = self._wiring.entity_engine(type(obj), bind)
+        return self._wiring.entities.cache_entity(obj, engine)
 
     def forget_entity(self, cls: type, pk: Any, *, bind: Any = None) -> bool:
         """Remove one entity from the cache."""
-        return self._core.entities.forget_entity(cls, pk, self._entity_engine(cls, bind))
-
-    def _entity_engine(self, cls: type, bind: Any) -> Engine:
-        if isinstance(bind, Session):
-            bind = bind.get_bind(cls)
-        bind = getattr(bind, "sync_engine", bind)
-        engine = getattr(bind, "engine", None)
-        if isinstance(engine, Engine):
-            return engine
-        if bind is None:
-            engines = list(self._core._engines)
-            if len(engines) == 1:
-                return engines[0]
-        raise ValueError(
-            "pass bind= (the Engine or Session of the entity): "
-            f"{len(self._core._engines)} engines are attached"
-        )
+        engine = self._wiring.entity_engine(cls, bind)
+        return self._wiring.entities.forget_entity(cls, pk, engine)
 
     # statistics ----------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
-        return self._core.stats.snapshot()
+        """This process's counters and hit latency percentiles."""
+        return self._storage.stats.snapshot()
 
     def reset_stats(self, *, shared: bool = False) -> None:
         """Zero this process's counters; with ``shared=True`` the shared ones as well."""
-        self._core.stats.reset()
+        self._storage.stats.reset()
         if shared:
-            self._core.store.pipeline([("UNLINK", self._stats_key)])
+            _shared_stats.reset(self._storage)
 
     def ping(self) -> bool:
         """True when Redis answers (bypasses the circuit breaker)."""
-        try:
-            self._core.store.io.mget([self._core.keys.all_key])
-        except Exception:
-            return False
-        return True
+        return _admin.connection_error(self._storage) is None
 
-    # the seed guide's generic API ------------------------------------------------------------
+    # the generic key/value API -------------------------------------------------------------
 
     def set(
         self,
@@ -232,12 +165,12 @@ class QueryCache(AsyncAPI):
     ) -> bool:
         """Store ``value`` (msgpack types, plus pickle with a secret); False if Redis is down."""
         return _generic.set_value(
-            self._core, key, value, ttl=ttl, tags=tags, compress=compress, region=region
+            self._storage, key, value, ttl=ttl, tags=tags, compress=compress, region=region
         )
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value, or ``default`` on a miss."""
-        return _generic.get_value(self._core, key, default)
+        return _generic.get_value(self._storage, key, default)
 
     def get_or_set(
         self,
@@ -250,60 +183,47 @@ class QueryCache(AsyncAPI):
         region: str | None = None,
     ) -> T:
         return _generic.get_or_set(
-            self._core, key, creator, ttl=ttl, tags=tags, compress=compress, region=region
+            self._storage, key, creator, ttl=ttl, tags=tags, compress=compress, region=region
         )
 
     def delete(self, key: str) -> bool:
-        return _generic.delete(self._core, key)
+        return _generic.delete(self._storage, key)
 
     def delete_pattern(self, pattern: str) -> int:
-        return _generic.delete_pattern(self._core, pattern)
+        """Delete the generic keys matching ``pattern``, a Redis glob relative to the namespace.
+
+        Returns how many were deleted (-1 if Redis was unavailable, as :meth:`clear`).
+        """
+        return _generic.delete_pattern(self._storage, pattern)
 
     def region(self, name: str) -> CacheRegion:
         """The TTL profile ``name`` as a dogpile.cache region backed by this cache's Redis."""
         region = self._regions.get(name)
         if region is None:
-            region = self._regions[name] = make_dogpile_region(self._core, name)
+            region = self._regions[name] = make_dogpile_region(self._storage, name)
         return region
 
-    # operations: shared statistics, memoize, warm-up (issue 6) -----------------------------
-
-    @property
-    def _stats_key(self) -> str:
-        return self._core.keys.prefix + "stats"
+    # shared statistics, memoize, warm-up -------------------------------------------------
 
     def flush_stats(self) -> bool:
         """Add this process's counters since the last flush to the shared statistics now.
 
         ``attach()`` starts a thread doing this every ``stats_interval`` seconds; call it
-        yourself before a short-lived process exits.  False if Redis was unavailable.
+        yourself before a short-lived process exits.  False if Redis was unavailable (and
+        always for an in-process cache, whose statistics stay local).
         """
-        delta, commit = self._core.stats.drain()
-        if not delta:
-            return True
-        key = self._stats_key
-        commands: list[tuple[Any, ...]] = [("HINCRBY", key, f, n) for f, n in delta.items()]
-        commands.append(("PEXPIRE", key, STATS_TTL_MS))
-        try:
-            reply = self._core.store.pipeline(commands)
-        except NotImplementedError:  # the in-process backend keeps statistics local
-            return False
-        if reply is FAILED:
-            return False
-        commit()
-        return True
+        return _shared_stats.flush(self._storage, shared=self._stats_shared)
 
     def shared_stats(self) -> CacheStats | None:
         """Statistics of every process of this namespace (after flushing this one's).
 
-        Percentiles are bounds of a fixed histogram (see ``_stats``).  None if Redis is down.
+        Percentiles are bounds of a fixed histogram (see ``storage._stats``).  None if Redis is
+        down, and for an in-process cache.
         """
         self.flush_stats()
-        try:
-            reply = self._core.store.pipeline([("HGETALL", self._stats_key)])
-        except NotImplementedError:
+        if not self._stats_shared:
             return None
-        return None if reply is FAILED else stats_from_hash(reply[0] or {})
+        return _shared_stats.read(self._storage)
 
     def memoize(
         self,
@@ -317,18 +237,18 @@ class QueryCache(AsyncAPI):
 
         ::
 
-            @cache.memoize(ttl=86400, tags=["ai"], region="ai_response")
-            def complete(prompt: str, temperature: float = 0.7) -> str: ...
+            @cache.memoize(tags=["rates"], region="long")
+            def exchange_rate(base: str, quote: str = "EUR") -> float: ...
 
-            complete.invalidate("hello")          # drop one entry
-            cache.invalidate_tags("ai")           # drop them all
+            exchange_rate.invalidate("USD")       # drop one entry
+            cache.invalidate_tags("rates")        # drop them all
 
         One caller computes a missing value while the others wait (stampede lock).  Arguments
         must be plain values (numbers, strings, dates, lists/dicts of them) unless ``key`` is
         given: ``key(*args, **kwargs) -> str``.
         """
         self._flusher.start()
-        return _memoize.memoize(self._core, ttl=ttl, tags=tags, region=region, key=key)
+        return _memoize.memoize(self._storage, ttl=ttl, tags=tags, region=region, key=key)
 
     def register_warmup(
         self, fn: Callable[[], Any] | None = None, *, name: str | None = None
@@ -346,7 +266,7 @@ class QueryCache(AsyncAPI):
         """Run every warm-up callable; ``{name: {"ok": bool, "result" | "error": ...}}``.
 
         ``startup=True`` runs them only when ``CacheConfig.warmup`` is set (``CACHE_WARMUP=true``
-        for :meth:`from_env`, the seed's switch) and returns ``{}`` otherwise, so start-up code
+        for :meth:`from_env`) and returns ``{}`` otherwise, so start-up code
         can call it unconditionally.
         """
         if startup and not self.config.warmup:
@@ -355,3 +275,17 @@ class QueryCache(AsyncAPI):
 
     def __repr__(self) -> str:
         return f"<QueryCache namespace={self.config.namespace!r}>"
+
+
+class Internals(NamedTuple):
+    """What the package's integrations (ASGI middleware, status API, CLI, OpenTelemetry) may
+    use beyond the public API: the storage layer, and the registered warm-up callables."""
+
+    storage: Storage
+    warmup: WarmupRegistry
+
+
+def internals(cache: QueryCache) -> Internals:
+    """The :class:`Internals` of ``cache`` (not public API)."""
+    # the facade's own parts, read by its own module
+    return Internals(cache._storage, cache._warmup)  # noqa: SLF001

@@ -1,9 +1,14 @@
 """Configuration: TTL profiles, timeouts, secrets, and where they come from.
 
 Everything the cache needs to know is collected in one frozen :class:`CacheConfig`, built either
-directly, from a Redis URL (:meth:`CacheConfig.from_url`) or from the environment variables of the
-seed guide (:meth:`CacheConfig.from_env`).  Keeping it immutable means a running cache can never be
+directly, from a Redis URL (:meth:`CacheConfig.from_url`) or from the ``REDIS_*`` environment
+variables (:meth:`CacheConfig.from_env`).  Keeping it immutable means a running cache can never be
 half-reconfigured; build a new :class:`~sqla_redis_cache.QueryCache` instead.
+
+TTL profiles (regions) name how long entries live.  The defaults are few and general: how stale
+a kind of data may be (``short``, ``long``) or what the library itself caches (``db_query``,
+the default of ``cached()``; ``db_aggregate``; ``api_response``, the default of the ASGI
+middleware).  An application declares its own next to them (``regions={"reports": 600}``).
 
 Timeouts default to tens of milliseconds on purpose: a cache is an optimisation, and a dead Redis
 must cost a request milliseconds, not redis-py's default five seconds.
@@ -20,31 +25,24 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import _connection
+from . import _redis_settings
+from ._errors import ConfigurationError
 
-#: The seed guide's TTL table, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
+#: The default TTL profiles, in seconds.  ``cached()`` uses ``db_query`` unless told otherwise.
 DEFAULT_REGIONS: Mapping[str, float] = {
-    "ai_response": 86400,
-    "ai_context": 3600,
-    "db_query": 300,
-    "db_aggregate": 900,
-    "api_response": 120,
-    "session": 86400,
-    "user_profile": 1800,
-    "analytics": 3600,
-    "static_asset": 604800,
+    "short": 60,  # data that changes often, or may be a minute old
+    "api_response": 120,  # HTTP responses (``asgi.CacheMiddleware``)
+    "db_query": 300,  # query results (``cached()``)
+    "db_aggregate": 900,  # reports: counts, sums, groupings over large tables
+    "long": 86400,  # rarely changing data: reference tables, settings, profiles
 }
 
 DEFAULT_REGION = "db_query"
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-class ConfigurationError(ValueError):
-    """Raised at construction time for settings that cannot work."""
 
 
 #: TTL bounds, seconds: Redis expires in whole milliseconds; beyond ten years is a mistake
@@ -70,6 +68,49 @@ def seconds(
             f"got {value!r}"
         )
     return number
+
+
+def clean_names(kind: str, values: Iterable[str] | str | None) -> tuple[str, ...]:
+    """``values`` (one name or an iterable of names) as a sorted tuple of distinct non-empty
+    strings; TypeError for anything else."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = (values,)
+    out = []
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{kind} must be non-empty strings, got {value!r}")
+        out.append(value)
+    return tuple(sorted(set(out)))
+
+
+#: the shape of a declared write rule (``invalidates``); ``wiring._write_rules`` applies them
+_FIELDS = frozenset({"tables", "tags"})
+
+
+def _rule_names(table: str, kind: str, values: Any) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be a list of names")
+    out = tuple(values)
+    if not all(isinstance(v, str) and v for v in out):
+        raise ConfigurationError(f"invalidates[{table!r}][{kind!r}] must be non-empty strings")
+    return out
+
+
+def check_rules(rules: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise ConfigurationError for anything but ``{table: {"tables": [...], "tags": [...]}}``."""
+    if not isinstance(rules, Mapping):
+        raise ConfigurationError("invalidates must be a mapping of table name to rule")
+    for table, rule in rules.items():
+        if not isinstance(table, str) or not table:
+            raise ConfigurationError(f"invalidates keys must be table names, got {table!r}")
+        if not isinstance(rule, Mapping) or not set(rule) <= _FIELDS or not rule:
+            raise ConfigurationError(
+                f"invalidates[{table!r}] must be a mapping with 'tables' and/or 'tags'"
+            )
+        for kind in rule:
+            _rule_names(table, kind, rule[kind])
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +178,7 @@ class CacheConfig:
     #: table names to write through (the others are only invalidated)
     write_through: bool | Collection[str] = True
 
-    # deployment and connection security (see _connection and docs/deployment.md) -----------
+    # deployment and connection security (see _redis_settings and docs/deployment.md) -----------
     #: Redis Cluster; startup nodes default to the URL's host
     cluster: bool = False
     #: after losing the connection to Redis, replace the namespace token before serving again:
@@ -182,8 +223,6 @@ class CacheConfig:
         seconds("lock_timeout", self.lock_timeout, error=err)
         seconds("lock_wait", self.lock_wait, minimum=0, error=err)
         seconds("stats_interval", self.stats_interval, minimum=0, error=err)
-        from ._write_rules import check_rules
-
         check_rules(self.invalidates)
         if not isinstance(self.write_through, bool) and (
             isinstance(self.write_through, str)
@@ -192,13 +231,13 @@ class CacheConfig:
             raise ConfigurationError("write_through must be a bool or a list of class/table names")
         if self.breaker_threshold < 1:
             raise ConfigurationError("breaker_threshold must be >= 1")
-        from ._codec import compressor
+        from ._compression import compressor
 
         try:
             compressor(self.compression)
         except (ValueError, ImportError) as exc:
             raise ConfigurationError(f"compression={self.compression!r}: {exc}") from None
-        _connection.validate(self)
+        _redis_settings.validate(self)
 
     @property
     def tls_enabled(self) -> bool:
@@ -226,8 +265,8 @@ class CacheConfig:
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> CacheConfig:
         """``settings`` are fields; ``redis+sentinel://`` and multi-host cluster URLs are read
-        into the deployment fields (see ``_connection.url_settings``)."""
-        url, settings = _connection.url_settings(url, settings)
+        into the deployment fields (see ``_redis_settings.url_settings``)."""
+        url, settings = _redis_settings.url_settings(url, settings)
         regions = settings.pop("regions", None)
         config = cls(url=url, **settings)
         if regions:
@@ -236,20 +275,20 @@ class CacheConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **settings: Any) -> CacheConfig:
-        """Read the seed guide's variables: ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/``DB``;
+        """Read ``REDIS_URL``, else ``REDIS_HOST``/``PORT``/``DB``;
         ``REDIS_USERNAME``/``PASSWORD``, ``REDIS_TLS_*``, ``REDIS_CLUSTER_*``,
         ``REDIS_SENTINEL_*`` (docs/deployment.md); ``SQLA_CACHE_SECRET`` for signing,
         ``SQLA_CACHE_COMPRESSION`` for the compressor, ``CACHE_WARMUP`` for start-up warming."""
         env = os.environ if environ is None else environ
-        url = env.get("REDIS_URL") or _connection.url_from_parts(env)
+        url = env.get("REDIS_URL") or _redis_settings.url_from_parts(env)
         if "secret" not in settings and env.get("SQLA_CACHE_SECRET"):
             settings["secret"] = env["SQLA_CACHE_SECRET"].encode()
         if "compression" not in settings and env.get("SQLA_CACHE_COMPRESSION"):
             settings["compression"] = env["SQLA_CACHE_COMPRESSION"].strip().lower()
         if "warmup" not in settings and "CACHE_WARMUP" in env:
             settings["warmup"] = _truthy(env["CACHE_WARMUP"])
-        return cls.from_url(url, **_connection.env_settings(env, settings))
+        return cls.from_url(url, **_redis_settings.env_settings(env, settings))
 
 
-_truthy = _connection.truthy
-_redact = _connection.redact
+_truthy = _redis_settings.truthy
+_redact = _redis_settings.redact

@@ -20,7 +20,7 @@ from sqlalchemy import ForeignKey, Numeric, String, create_engine, event, func, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from ._cache import QueryCache
-from ._options import cached
+from .wiring._options import cached
 
 
 class _Base(DeclarativeBase):

@@ -1,39 +1,42 @@
 """ASGI response caching and the cache status API (optional extra ``asgi``: Starlette/FastAPI).
 
-:class:`CacheMiddleware` is the seed guide's ``withCache`` as plain ASGI middleware, so it works
-under Starlette, FastAPI or any ASGI app.  It caches successful ``GET`` responses under a key
-made of the path, the sorted query string and the values of the headers named in
-``vary_headers``; a lookup is the cache's usual single round trip (entry plus version tokens).
-It never stores a response that sets a cookie, says ``Cache-Control: private``, ``no-store`` or
-``no-cache``, varies on ``*``, is not a 200, or is larger than ``max_body``; by default it does
-not cache requests carrying ``Authorization`` or ``Cookie`` at all (personalised responses),
-unless those headers are in ``vary_headers``.  Entries carry ``tags``; a successful unsafe
-request (POST, PUT, PATCH, DELETE) under the middleware invalidates those tags and the
-``revalidate`` ones, so the next GET is fresh.  Version stamps are read before the app runs,
-like every other fill, so a write that races the request makes its entry stale at birth.
+:class:`CacheMiddleware` is plain ASGI middleware, so it works under Starlette, FastAPI or any
+ASGI app.  It caches successful ``GET`` responses under a key made of the path, the sorted
+query string and the values of the headers named in ``vary_headers``; a lookup is the cache's
+usual read-through (``features._generic.read_through``): one round trip for the entry and its
+version tokens, and on a miss the stampede lock, so concurrent misses of one URL run the app
+once while the others wait for its entry.  The response of the request that runs the app is
+streamed to its client as it is produced, and captured.  It is never stored when it sets a
+cookie, says ``Cache-Control: private``, ``no-store`` or ``no-cache``, varies on ``*``, is not a
+200, or is larger than ``max_body``; by default requests carrying ``Authorization`` or
+``Cookie`` are not cached at all (personalised responses), unless those headers are in
+``vary_headers``.  Entries carry ``tags``; a successful unsafe request (POST, PUT, PATCH,
+DELETE) under the middleware invalidates those tags and the ``revalidate`` ones, so the next
+GET is fresh.  Version stamps are read before the app runs, like every other fill, so a write
+that races the request makes its entry stale at birth.
 
 :func:`status_app` serves ``GET /status`` and ``POST /status`` (``{"action": "clear-all" |
-"clear-db" | "clear-ai" | "reset-stats" | "warm-up"}``), the seed's status API.  It refuses to
-exist without a ``guard``: an unguarded mount raises at construction, before the app starts.
+"clear-db" | "clear-memoized" | "reset-stats" | "warm-up"}``).  It refuses to exist without a
+``guard``: an unguarded mount raises at construction, before the app starts.
 
 Redis calls here never block the event loop: they go through the cache's asyncio I/O
-(``_aio``: redis.asyncio awaited from a SQLAlchemy greenlet), with the store's fail-open rules
-(50 ms timeouts, circuit breaker); the slow operator actions run in a worker thread.
+(``io._asyncio``: redis.asyncio awaited from a SQLAlchemy greenlet), with the store's fail-open
+rules (50 ms timeouts, circuit breaker); the slow operator actions run in a worker thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from functools import partial
 from typing import Any
 
-from ._cache import QueryCache
-from ._config import ConfigurationError
-from ._generic import seal_value
-from ._options import _clean
-from ._store import FAILED
+from ._cache import QueryCache, internals
+from ._config import clean_names, seconds
+from ._errors import ConfigurationError
+from .features._generic import read_through
+from .io._asyncio import awaiting
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,11 +46,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 TagsFor = Iterable[str] | Callable[[Scope], Iterable[str]]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: the status API's actions
+ACTIONS = frozenset({"clear-all", "clear-db", "clear-memoized", "reset-stats", "warm-up"})
 _NO_STORE = (b"private", b"no-store", b"no-cache")
-
-
-def _payload(value: Any) -> Any:
-    return value[1]
 
 
 class CacheMiddleware:
@@ -78,20 +79,20 @@ class CacheMiddleware:
     ) -> None:
         self.app = app
         self.cache = cache
-        self.ttl_ms = int(1000 * (ttl if ttl is not None else cache.config.region(region).ttl))
-        if self.ttl_ms <= 0:
-            raise ConfigurationError("ttl must be positive")
+        if ttl is None:
+            ttl = cache.config.region(region).ttl
+        self.ttl = seconds("ttl", ttl, error=ConfigurationError)
         self.vary = tuple(sorted({h.lower().encode("latin-1") for h in vary_headers}))
         self.private = frozenset(h.lower().encode("latin-1") for h in private_headers) - set(
             self.vary
         )
-        self.tags = tags if callable(tags) else _clean("tags", tags)
-        self.revalidate = _clean("tags", revalidate)
+        self.tags = tags if callable(tags) else clean_names("tags", tags)
+        self.revalidate = clean_names("tags", revalidate)
         self.paths = tuple(paths)
         self.max_body = max_body
 
     def _tags(self, scope: Scope) -> tuple[str, ...]:
-        return _clean("tags", self.tags(scope)) if callable(self.tags) else self.tags
+        return clean_names("tags", self.tags(scope)) if callable(self.tags) else self.tags
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.paths):
@@ -117,78 +118,48 @@ class CacheMiddleware:
         if any(name in headers for name in self.private):
             await self.app(scope, receive, send)
             return
-        core = self.cache._core
-        tags = self._tags(scope)
-        key = core.keys.generic(self._key(scope, headers))
-        deps = core.keys.dependencies((), tags)
-        started = time.perf_counter()
-        values, opened = await self._router().run(self._lookup, key, deps)
-        if values is not FAILED:
-            if opened is not None:
-                core.stats.hit(time.perf_counter() - started)
-                status, response_headers, body = opened[1]
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [(bytes(k), bytes(v)) for k, v in response_headers]
-                        + [(b"x-cache", b"HIT")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": bytes(body)})
-                return
-            core.stats.misses += 1
-        else:
-            core.stats.bypasses += 1
-        await self._fill(scope, receive, send, key, deps, tags, values)
+        router = internals(self.cache).storage.async_router()
+        keep = [True]  # this request's response may be stored
 
-    def _router(self) -> Any:
-        from ._aio import router
+        async def respond() -> list[Any]:
+            """Run the app, streaming its response to the client; the response as stored."""
+            captured: dict[str, Any] = {"status": 0, "headers": [], "body": []}
 
-        return router(self.cache._core.store)
+            async def capture(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    response_headers = list(message.get("headers") or ())
+                    captured["status"], captured["headers"] = message["status"], response_headers
+                    if not self._storable(message["status"], response_headers):
+                        keep[0] = False
+                    message = dict(message)
+                    message["headers"] = [*response_headers, (b"x-cache", b"MISS")]
+                elif message["type"] == "http.response.body" and keep[0]:
+                    captured["body"].append(message.get("body", b""))
+                    if sum(len(b) for b in captured["body"]) > self.max_body:
+                        keep[0] = False
+                await send(message)
 
-    def _lookup(self, key: str, deps: list[str]) -> tuple[Any, Any]:
-        """(values read, opened entry or None); runs in a greenlet, Redis calls awaited."""
-        core = self.cache._core
-        values = core.store.mget([key, *deps])
-        if values is FAILED:
-            return values, None
-        return values, core.reader._open(key, values, _payload, None)
+            await self.app(scope, receive, capture)
+            body = b"".join(captured["body"]) if keep[0] else b""
+            return [captured["status"], captured["headers"], body]
 
-    async def _fill(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        key: str,
-        deps: list[str],
-        tags: tuple[str, ...],
-        values: Any,
-    ) -> None:
-        core = self.cache._core
-        run = self._router().run
-        stamps = None if values is FAILED else await run(core.versions.ensure, deps, values[1:])
-        state: dict[str, Any] = {"keep": stamps is not None, "body": []}
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or ())
-                state["status"], state["headers"] = message["status"], headers
-                if state["keep"] and not self._storable(message["status"], headers):
-                    state["keep"] = False
-                message = dict(message)
-                message["headers"] = [*headers, (b"x-cache", b"MISS")]
-            elif message["type"] == "http.response.body" and state["keep"]:
-                state["body"].append(message.get("body", b""))
-                if sum(len(b) for b in state["body"]) > self.max_body:
-                    state["keep"] = False
-                if not message.get("more_body", False) and state["keep"]:
-                    value = [state["status"], state["headers"], b"".join(state["body"])]
-                    entry = seal_value(core, stamps or b"", tags, value, None)
-                    await run(core.store.pipeline, [("SET", key, entry, "PX", self.ttl_ms)])
-            await send(message)
-
-        await self.app(scope, receive, capture)
+        lookup = partial(
+            read_through, ttl=self.ttl, tags=self._tags(scope), store_if=lambda _: keep[0]
+        )
+        storage = internals(self.cache).storage
+        key = self._key(scope, headers)
+        response, hit = await router.run(lookup, storage, key, awaiting(router, respond))
+        if hit:  # the app did not run for this request: send the stored response
+            status, response_headers, body = response
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(bytes(k), bytes(v)) for k, v in response_headers]
+                    + [(b"x-cache", b"HIT")],
+                }
+            )
+            await send({"type": "http.response.body", "body": bytes(body)})
 
     @staticmethod
     def _storable(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -241,7 +212,7 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from . import _ops
+    from . import _operator
 
     async def allowed(request: Request) -> bool:
         verdict = guard(request)
@@ -251,10 +222,10 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
 
     def act(action: str) -> Any:
         if action == "clear-all":
-            return _ops.clear(cache, everything=True)
+            return _operator.clear(cache, everything=True)
         if action == "clear-db":
-            return _ops.clear(cache, queries=True, entities=True)
-        if action == "clear-ai":
+            return _operator.clear(cache, queries=True, entities=True)
+        if action == "clear-memoized":
             return {"memoized": cache.delete_pattern("memo:*")}
         if action == "reset-stats":
             cache.reset_stats(shared=True)
@@ -265,13 +236,13 @@ def status_app(cache: QueryCache, *, guard: Guard | None) -> Any:
         if not await allowed(request):
             return JSONResponse({"error": "forbidden"}, status_code=403)
         if request.method == "GET":
-            return JSONResponse(await run_in_threadpool(_ops.status, cache))
+            return JSONResponse(await run_in_threadpool(_operator.status, cache))
         try:
             body = await request.json()
             action = body["action"]
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"action": ...}'}, status_code=400)
-        if action not in {"clear-all", "clear-db", "clear-ai", "reset-stats", "warm-up"}:
+        if action not in ACTIONS:
             return JSONResponse({"error": f"unknown action {action!r}"}, status_code=400)
         result = await run_in_threadpool(act, action)
         return JSONResponse({"action": action, "result": result})

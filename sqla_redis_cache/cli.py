@@ -14,12 +14,14 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from ._config import ConfigurationError
+from ._errors import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,24 +55,65 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 
 
 @main.command()
-@click.option("--database-url", default="postgresql+psycopg2://postgres@127.0.0.1/test")
+@click.option(
+    "--database-url",
+    default="postgresql+psycopg2://postgres@127.0.0.1/test",
+    show_default=True,
+    help="The database (the benchmark creates its own table of --rows rows).",
+)
 @click.option("--redis-url", envvar="REDIS_URL", default="redis://127.0.0.1:6379/0")
 @click.option("--rounds", default=30, show_default=True)
-@click.option("--block", default=10, show_default=True)
+@click.option("--block", default=10, show_default=True, help="Executions timed per round.")
 @click.option("--rows", default=200_000, show_default=True)
-def bench(database_url: str, redis_url: str, rounds: int, block: int, rows: int) -> None:
-    """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library."""
-    from .bench import main as bench_main
+@click.option("--no-near-cache", is_flag=True, help="Decode every hit (no in-process copy).")
+@click.option("--async", "use_async", is_flag=True, help="AsyncSession (asyncpg), with throughput.")
+@click.option("--concurrency", default=100, show_default=True, help="Coroutines (--async).")
+@click.option("--seconds", default=3.0, show_default=True, help="Throughput run (--async).")
+def bench(
+    database_url: str,
+    redis_url: str,
+    rounds: int,
+    block: int,
+    rows: int,
+    no_near_cache: bool,
+    use_async: bool,
+    concurrency: int,
+    seconds: float,
+) -> None:
+    """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library.
 
-    bench_main(
-        [
-            f"--database-url={database_url}",
-            f"--redis-url={redis_url}",
-            f"--rounds={rounds}",
-            f"--block={block}",
-            f"--rows={rows}",
-        ]
-    )
+    The benchmarks live in the source checkout (benchmarks/), not in the installed package.
+    """
+    if use_async:
+        import asyncio
+
+        run_async = _benchmarks("bench_async").run_async
+        report = asyncio.run(
+            run_async(database_url, redis_url, rounds, rows, block, concurrency, seconds)
+        )
+    else:
+        run = _benchmarks("bench").run
+        report = run(database_url, redis_url, rounds, rows, block, near_cache=not no_near_cache)
+    click.echo(json.dumps(report, indent=2))  # in the order measured
+
+
+def _checkout() -> Path:
+    """The directory holding the package: a source checkout has benchmarks/ there."""
+    return Path(__file__).resolve().parent.parent
+
+
+def _benchmarks(name: str) -> Any:
+    """``benchmarks/<name>.py`` of the source checkout this package runs from."""
+    root = _checkout()
+    if not (root / "benchmarks" / f"{name}.py").is_file():
+        raise click.ClickException(
+            "the benchmarks are not installed with the package: run this command from a "
+            f"source checkout (a clone of the repository, installed with pip install -e .); "
+            f"no benchmarks/ directory next to {Path(__file__).resolve().parent}"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 # operator commands ---------------------------------------------------------------------------
@@ -95,7 +138,7 @@ def _load_app(spec: str) -> Any:
 
 def _connect(app: str | None, redis_url: str | None, namespace: str) -> Any:
     from ._cache import QueryCache
-    from ._ops import connection_error
+    from ._operator import connection_error
 
     try:
         if app:
@@ -112,7 +155,7 @@ def _connect(app: str | None, redis_url: str | None, namespace: str) -> Any:
     return cache
 
 
-def _operator(fn: F) -> F:
+def _operator_command(fn: F) -> F:
     """Adds the connection options; passes a connected ``cache`` to the command."""
 
     @click.option("--app", envvar="SQLA_CACHE_APP", help="The app's QueryCache, 'module:attr'.")
@@ -157,11 +200,11 @@ def _stats_lines(stats: dict[str, Any]) -> None:
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(cache: Any, as_json: bool) -> None:
     """Connection, server, memory and entries of the namespace, hit rate and errors."""
-    from ._ops import status as status_report
+    from ._operator import status as status_report
 
     report = status_report(cache)
     if as_json:
@@ -185,7 +228,7 @@ def status(cache: Any, as_json: bool) -> None:
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(cache: Any, as_json: bool) -> None:
     """Hits, misses, errors and latency of every process sharing the namespace."""
@@ -200,7 +243,7 @@ def stats(cache: Any, as_json: bool) -> None:
 
 
 @main.command("reset-stats")
-@_operator
+@_operator_command
 def reset_stats(cache: Any) -> None:
     """Zero the shared statistics of the namespace."""
     cache.reset_stats(shared=True)
@@ -208,7 +251,7 @@ def reset_stats(cache: Any) -> None:
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--all", "everything", is_flag=True, help="Everything in the namespace.")
 @click.option("--queries", is_flag=True, help="Cached query results.")
 @click.option("--entities", is_flag=True, help="Cached entities.")
@@ -227,7 +270,7 @@ def clear(
     yes: bool,
 ) -> None:
     """Invalidate or delete cached entries (asks first unless --yes)."""
-    from ._ops import clear as clear_entries
+    from ._operator import clear as clear_entries
 
     if not (everything or queries or entities or tables or tags or patterns):
         raise click.UsageError(
@@ -264,7 +307,7 @@ def clear(
 
 
 @main.command()
-@_operator
+@_operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def warm(cache: Any, as_json: bool) -> None:
     """Run the warm-up callables the application registered (needs --app)."""

@@ -24,8 +24,8 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from ._cache import QueryCache
-from ._stats import COUNTERS, Observer
+from ._cache import QueryCache, internals
+from .storage._stats import COUNTERS, Observer
 
 SCOPE = "sqla_redis_cache"
 
@@ -61,7 +61,7 @@ class Instrumentation:
         self.observer = observer
 
     def uninstrument(self) -> None:
-        stats = self.cache._core.stats
+        stats = internals(self.cache).storage.stats
         if stats.observer is self.observer:
             stats.observer = None
 
@@ -75,7 +75,7 @@ def instrument(
     """Report ``cache``'s metrics and slow-path spans through OpenTelemetry."""
     attributes = {"cache.namespace": cache.config.namespace}
     meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
-    recorder = cache._core.stats
+    recorder = internals(cache).storage.stats
 
     def counter(name: str) -> Any:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ._cache import QueryCache
-from ._stats import COUNTERS
+from .storage._stats import COUNTERS
 
 _HELP = {
     "hits": "Cache lookups answered from Redis",

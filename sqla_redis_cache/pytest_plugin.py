@@ -62,7 +62,7 @@ def sqla_cache(request: pytest.FixtureRequest) -> Iterator[QueryCache]:
     else:
         url = _redis_url(request.config)
         cache = QueryCache.from_url(url, namespace=namespace, stats_interval=0)
-        from ._ops import connection_error
+        from ._operator import connection_error
 
         problem = connection_error(cache)
         if problem:

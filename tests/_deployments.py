@@ -327,3 +327,28 @@ def add_cache_user(client: Any, user: str, password: str, namespace: str) -> Non
         "ACL", "SETUSER", user, "reset", "on", f">{password}", f"~{namespace}:*",
         "resetchannels", *CACHE_USER_RULES,
     )  # fmt: skip
+
+
+# the deployments the ``redis_target`` fixture builds caches on --------------------------------
+
+#: the ACL user the TLS deployment runs the contract as (limited to the tests' ``t*`` keys)
+TLS_USER, TLS_PASSWORD = "cacheuser", "s3cret-pw"
+
+
+def tls_settings(certs: Certs, **extra: object) -> dict[str, object]:
+    """Cache settings for the test TLS server: its CA, and the client certificate."""
+    return {
+        "tls_ca_certs": certs.ca,
+        "tls_certfile": certs.client_cert,
+        "tls_keyfile": certs.client_key,
+        **extra,
+    }
+
+
+def namespace_keys(target: Any, cache: Any) -> list[str]:
+    """Every key of ``cache``'s namespace on ``target`` (a conftest.RedisTarget), all nodes."""
+    client = target.client()
+    try:
+        return sorted(k.decode() for k in client.scan_iter(match=cache.config.namespace + ":*"))
+    finally:
+        client.close()

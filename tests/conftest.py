@@ -2,10 +2,18 @@
 
 Services are resolved by ``tests/_services.py`` (env URLs, then local ports, then
 testcontainers); when none is available the tests fail with a message saying how to provide one.
+
+Deployments: caches are built through the ``redis_target`` fixture, on the standalone Redis by
+default.  A module marked ``@pytest.mark.deployments("standalone", "cluster", ...)`` runs each
+test that uses ``redis_target`` (or ``cache``) once per deployment named: a Redis Cluster, a
+Sentinel-managed master, or a TLS server with a restricted ACL user, each started by the tests
+once per session (``tests/_deployments.py``).  Those runs carry the ``cluster`` marker.  A test
+that asks for ``redis_url`` inspects the standalone server directly, so it runs there only.
 """
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sqla_redis_cache import QueryCache
 
-from . import _services
+from . import _deployments, _services
 from ._counting import Counter, make_counted_engine
 from .models import Base, seed
 
@@ -56,7 +64,7 @@ class RedisTarget:
     def client(self) -> Any:
         """A plain redis-py client of the deployment, for inspecting keys."""
         from sqla_redis_cache import CacheConfig
-        from sqla_redis_cache._clients import make_sync_client
+        from sqla_redis_cache.io._clients import make_sync_client
 
         config = CacheConfig.from_url(
             self.url, **{**self.settings, "socket_timeout": 2.0, "connect_timeout": 2.0}
@@ -64,9 +72,87 @@ class RedisTarget:
         return make_sync_client(config)
 
 
+#: every deployment the suite can run the cache on; a module names its own with the marker
+DEPLOYMENTS = ("standalone", "cluster", "sentinel", "tls")
+EVERY_DEPLOYMENT = pytest.mark.deployments(*DEPLOYMENTS)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run tests that build caches through ``redis_target`` on the deployments their module
+    names (see the module docstring)."""
+    if "redis_target" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("deployments")
+    if marker is None:
+        return  # the standalone Redis, as an unparametrised fixture
+    names = list(marker.args)
+    if "redis_url" in inspect.signature(metafunc.function).parameters:
+        names = [n for n in names if n == "standalone"]
+    if not names:
+        pytest.fail(f"{metafunc.function.__name__} asks for redis_url on {marker.args}")
+    params = [
+        pytest.param(n, id=n, marks=() if n == "standalone" else (pytest.mark.cluster,))
+        for n in names
+    ]
+    metafunc.parametrize("redis_target", params, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def redis_target(redis_url: str) -> RedisTarget:
-    return RedisTarget(redis_url)
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """The deployment caches are built on (``request.param``: one of :data:`DEPLOYMENTS`)."""
+    name = getattr(request, "param", "standalone")
+    if name == "standalone":
+        return RedisTarget(request.getfixturevalue("redis_url"))
+    if name == "cluster":
+        cluster: _deployments.Cluster = request.getfixturevalue("cluster")
+        url = f"redis://127.0.0.1:{cluster.ports[0]}/0"
+        return RedisTarget(url, {"cluster": True, **_deployments.STEADY_TIMEOUTS})
+    if name == "sentinel":
+        sentinel: _deployments.SentinelSetup = request.getfixturevalue("sentinel")
+        url = f"redis+sentinel://{sentinel.nodes}/{sentinel.name}/0"
+        return RedisTarget(url, dict(_deployments.STEADY_TIMEOUTS))
+    if name == "tls":
+        server: _deployments.TlsServer = request.getfixturevalue("tls_server")
+        certs: _deployments.Certs = request.getfixturevalue("certs")
+        settings = _deployments.tls_settings(
+            certs,
+            username=_deployments.TLS_USER,
+            password=_deployments.TLS_PASSWORD,
+            **_deployments.STEADY_TIMEOUTS,
+        )
+        return RedisTarget(f"rediss://127.0.0.1:{server.tls_port}/0", settings)
+    raise ValueError(f"unknown deployment {name!r}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[_deployments.Cluster]:
+    """A Redis Cluster (3 masters, 1 replica each), for the session."""
+    deployment = _deployments.start_cluster(masters=3, replicas=1)
+    yield deployment
+    deployment.close()
+
+
+@pytest.fixture(scope="session")
+def sentinel() -> Iterator[_deployments.SentinelSetup]:
+    """A master, a replica and three sentinels, for the session."""
+    deployment = _deployments.start_sentinel(sentinels=3)
+    yield deployment
+    deployment.close()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> _deployments.Certs:
+    return _deployments.make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="session")
+def tls_server(certs: _deployments.Certs) -> Iterator[_deployments.TlsServer]:
+    """A TLS server (client certificates optional) with the tests' restricted ACL user."""
+    server = _deployments.start_tls_server(certs, auth_clients="optional")
+    admin = _deployments.admin(server.plain_port)
+    _deployments.add_cache_user(admin, _deployments.TLS_USER, _deployments.TLS_PASSWORD, "t*")
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -135,7 +221,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         engine.dispose()
 
 
-# write-path tests (issue 3): their own schema, on PostgreSQL and SQLite ---------------------
+# write-path tests: their own schema, on PostgreSQL and SQLite --------------------------------
 
 _WRITE_ENGINES: dict[str, tuple[Engine, Counter]] = {}
 

@@ -115,7 +115,7 @@ class EntryNote(WBase):
 
 
 class Emission(WBase):
-    """A table with a declared write rule in the tests (the seed's ``emissions``)."""
+    """A table with a declared write rule in the tests (its writes also invalidate a summary)."""
 
     __tablename__ = "w_emission"
     id: Mapped[int] = mapped_column(primary_key=True)

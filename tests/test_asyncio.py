@@ -24,8 +24,11 @@ from sqla_redis_cache import QueryCache, cached
 from . import _services
 from ._busy import while_redis_is_busy
 from ._counting import Counter, make_counted_async_engine
-from .conftest import Database, _database
+from .conftest import EVERY_DEPLOYMENT, Database, _database
 from .models import User
+
+#: every test building its caches through ``redis_target`` runs on each deployment
+pytestmark = EVERY_DEPLOYMENT
 
 T = TypeVar("T")
 

@@ -202,3 +202,24 @@ def test_bad_input_is_one_line_exit_1_no_traceback(args: list[str], message: str
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_runs_from_the_source_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The benchmarks are not in the wheel: the command finds benchmarks/ next to the package,
+    and says so clearly when it is not there (an installed package)."""
+    from sqla_redis_cache import cli
+
+    bench = cli._benchmarks("bench")
+    assert callable(bench.run) and callable(cli._benchmarks("bench_async").run_async)
+    code, output = run("bench", "--help")
+    assert code == 0 and "--async" in output and "--no-near-cache" in output
+    monkeypatch.setattr(cli, "_checkout", lambda: tmp_path)
+    code, output = run_catching("bench", "--rounds", "1")
+    assert code == 1 and "run this command from a source checkout" in output
+
+
+def run_catching(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output

@@ -1,53 +1,28 @@
 """Redis Cluster (3 masters, 1 replica each), started by the tests: the whole contract again.
 
-Every core test and every deployment test of ``_contract`` runs here unchanged against a
-cluster; the tests below add what only a cluster has: keys spread over slots on every master,
-and no CROSSSLOT error on any node after all of it.
+The core test modules and test_deployment_contract.py run unchanged against the same cluster
+(the ``deployments`` marker, conftest.py); the tests below add what only a cluster has: keys
+spread over slots on every master, and no CROSSSLOT error on any node after all of it.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
 
 from sqla_redis_cache import QueryCache, cached
 
-from ._contract import deployment_tests, namespace_keys
-from ._deployments import (
-    CLUSTER_USER_RULES,
-    STEADY_TIMEOUTS,
-    Cluster,
-    add_cache_user,
-    admin,
-    start_cluster,
-)
+from ._deployments import CLUSTER_USER_RULES, Cluster, add_cache_user, admin, namespace_keys
 from .conftest import Database, RedisTarget
 from .models import User
 
-pytestmark = pytest.mark.cluster
-
-globals().update(deployment_tests())
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    deployment = start_cluster(masters=3, replicas=1)
-    yield deployment
-    deployment.close()
-
-
-@pytest.fixture(scope="module")
-def redis_target(cluster: Cluster) -> RedisTarget:
-    first = cluster.ports[0]
-    return RedisTarget(f"redis://127.0.0.1:{first}/0", {"cluster": True, **STEADY_TIMEOUTS})
+pytestmark = [pytest.mark.cluster, pytest.mark.deployments("cluster")]
 
 
 def test_cache_uses_a_cluster_client(cache: QueryCache) -> None:
     from redis.cluster import RedisCluster
 
-    assert isinstance(cache._core.store.io.client, RedisCluster)  # type: ignore[attr-defined]
+    assert isinstance(cache._storage.store.io.client, RedisCluster)  # type: ignore[attr-defined]
 
 
 def test_a_closed_cache_stays_usable(cache: QueryCache) -> None:
@@ -101,7 +76,8 @@ def test_restricted_acl_user_on_the_cluster(db: Database, cluster: Cluster, name
 
 
 def test_no_crossslot_error_on_any_node(db: Database, cache: QueryCache, cluster: Cluster) -> None:
-    """Runs last in this module: every test above used this cluster; none caused CROSSSLOT."""
+    """Runs last in this module: the tests above (and the core and contract tests on this
+    cluster, grouped before them by the session-wide deployment) caused no CROSSSLOT."""
     cache.attach(db.Session)
     with db.Session() as s:
         s.scalars(select(User).where(User.org_id == 2).options(cached(tags=["a", "b"]))).all()

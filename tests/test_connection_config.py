@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from sqla_redis_cache import CacheConfig, ConfigurationError, QueryCache
-from sqla_redis_cache._clients import make_async_client, make_sync_client
+from sqla_redis_cache.io._clients import make_async_client, make_sync_client
 
 
 def env(**values: str) -> dict[str, str]:
@@ -29,7 +29,7 @@ def test_env_cluster() -> None:
 
 
 def test_env_cluster_nodes_ignored_unless_enabled() -> None:
-    """The seed guide's example sets REDIS_CLUSTER_NODES with REDIS_CLUSTER_ENABLED=false."""
+    """A configuration may list REDIS_CLUSTER_NODES while REDIS_CLUSTER_ENABLED is false."""
     config = CacheConfig.from_env(env(REDIS_CLUSTER_ENABLED="false", REDIS_CLUSTER_NODES="a:1"))
     assert config.cluster is False and config.cluster_nodes == ()
 

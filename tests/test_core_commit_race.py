@@ -231,9 +231,11 @@ def test_token_replacement_script(where: str, redis_url: str, namespace: str) ->
     """The single-key script and its in-process twin: commit ids in, out, kept, expired."""
     import redis
 
-    from sqla_redis_cache._memory import MemoryIO
-    from sqla_redis_cache._store import SyncIO
-    from sqla_redis_cache._versions import PENDING, REPLACE_TOKEN, new_token
+    from sqla_redis_cache.io import Get, ReplaceToken
+    from sqla_redis_cache.io._memory import MemoryIO
+    from sqla_redis_cache.io._scripts import PENDING
+    from sqla_redis_cache.io._sync import SyncIO
+    from sqla_redis_cache.storage._versions import new_token
 
     client = redis.Redis.from_url(redis_url)
     io = SyncIO(client) if where == "redis" else MemoryIO()
@@ -241,9 +243,9 @@ def test_token_replacement_script(where: str, redis_url: str, namespace: str) ->
 
     def replace(*ops: str, commit_ms: int = 30_000) -> tuple[bytes, set[str]]:
         token = new_token()
-        value = io.pipeline(
-            [("EVAL", REPLACE_TOKEN, 1, key, token, 60_000, commit_ms, *ops), ("GET", key)]
-        )[1]
+        add = frozenset(op[1:] for op in ops if op.startswith("+"))
+        end = frozenset(op[1:] for op in ops if op.startswith("-"))
+        value = io.run([ReplaceToken(key, token, 60_000, commit_ms, add, end), Get(key)])[1]
         assert value is not None
         if not value.startswith(PENDING):
             assert value == token

@@ -1,4 +1,4 @@
-"""A real second process commits; this process's next cached read is fresh (issue 3).
+"""A real second process commits; this process's next cached read is fresh.
 
 Nothing is shared between the processes but PostgreSQL (or the SQLite file) and Redis, so
 these tests prove that invalidation is published to Redis, not kept in process memory.

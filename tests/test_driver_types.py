@@ -276,7 +276,7 @@ def test_driver_values_as_parameters_are_keyed(pg_types: str, patient_cache: Que
 
     asyncio.run(main())
     addresses = [ipaddress.ip_address("10.0.0.1"), ipaddress.ip_interface("10.0.0.1/24")]
-    from sqla_redis_cache._keys import fingerprint_parameters
+    from sqla_redis_cache.storage._keys import fingerprint_parameters
 
     for value in addresses:
         assert repr(value) in fingerprint_parameters((value,))

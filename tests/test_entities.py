@@ -1,4 +1,4 @@
-"""Entity cache and write-through (issue 3; the seed's cacheEntity / getCachedEntity)."""
+"""Entity cache and write-through: ``session.get(..., options=[cached()])`` and the entity API."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from sqlalchemy.orm import sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
 
-from .conftest import Database
+from .conftest import EVERY_DEPLOYMENT, Database
 from .models import User
 from .models_writes import Doc, Employee, Manager, Seat
+
+#: every test building its caches through ``redis_target`` runs on each deployment
+pytestmark = EVERY_DEPLOYMENT
 
 C = [cached()]
 
@@ -234,17 +237,17 @@ def test_a_late_publish_of_an_older_commit_never_wins(
     cache.attach(pg.Session)
     with pg.Session() as s:  # the entity cache is in use: both commits write through
         s.get(User, 1, options=[cached()])
-    entities = cache._core.entities
-    real_publish = entities.publish
+    commit_path = cache._wiring.commit_path
+    real_publish = commit_path.after_session_commit
     older_may_publish = threading.Event()
     older: list[object] = []
 
-    def publish(session: object, tables: set[str]) -> None:
+    def publish(session: object) -> None:
         if session in older:  # hold the first commit's publish until the second one published
             assert older_may_publish.wait(10)
-        real_publish(session, tables)
+        real_publish(session)
 
-    monkeypatch.setattr(entities, "publish", publish)
+    monkeypatch.setattr(commit_path, "after_session_commit", publish)
 
     def first_writer() -> None:
         with pg.Session() as s:

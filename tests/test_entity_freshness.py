@@ -304,17 +304,17 @@ def test_a_late_publish_never_wins_over_a_later_bulk_update(
     """A commit publishes after a later one that no flush made (no pending marker of its own):
     the late entry must not be served."""
     _in_use(fdb, cache)
-    entities = cache._core.entities
-    real_publish = entities.publish
+    commit_path = cache._wiring.commit_path
+    real_publish = commit_path.after_session_commit
     release = threading.Event()
     held: list[Session] = []
 
-    def publish(session: Session, tables: set[str]) -> None:
+    def publish(session: Session) -> None:
         if session in held:
             assert release.wait(10)
-        real_publish(session, tables)
+        real_publish(session)
 
-    monkeypatch.setattr(entities, "publish", publish)
+    monkeypatch.setattr(commit_path, "after_session_commit", publish)
 
     def older_writer() -> None:
         with fdb.Session() as s:

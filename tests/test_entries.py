@@ -17,12 +17,8 @@ import redis
 from sqlalchemy import select
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
-from sqla_redis_cache._codec import (
-    VERSION,
-    CorruptEntry,
-    EntryCodec,
-    available_compressors,
-)
+from sqla_redis_cache._compression import available_compressors
+from sqla_redis_cache.storage._codec import VERSION, CorruptEntry, EntryCodec
 
 from ._faults import custom_cache
 from .conftest import Database
@@ -95,7 +91,7 @@ def test_damaged_query_entry_is_a_counted_miss(
     else:
         bad = b""
     client.set(key, bad, keepttl=True)
-    cache._core.reader.near.clear()
+    cache._storage.reader.near.clear()
     with pg.counter.expect(1):
         assert name(pg) == "user1"  # a miss, never an exception nor a forged row
     if damage in {"tampered", "truncated", "foreign"}:
@@ -116,7 +112,7 @@ def test_unsigned_pickle_is_never_loaded(
     stamps = EntryCodec.stamps_of(entry)
     assert stamps is not None
     client.set(key, forge(stamps, pickle.dumps(evil), flags=2), keepttl=True)
-    cache._core.reader.near.clear()
+    cache._storage.reader.near.clear()
     with pg.counter.expect(1):
         assert name(pg) == "user1"
     assert not (tmp_path / "pwned").exists()
@@ -196,7 +192,7 @@ def test_compressed_entries_roundtrip_and_carry_their_codec(
         flags = entry[1]
         assert flags & 1  # compressed
         assert (flags >> 2) & 3 == {"zlib": 0, "zstd": 1, "lz4": 2}[compression]
-        qc._core.reader.near.clear()
+        qc._storage.reader.near.clear()
         with pg.counter.expect(0), pg.Session() as s:
             assert s.execute(big).all() == fresh
     # another cache, with another compressor configured, reads the same entries

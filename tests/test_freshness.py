@@ -11,8 +11,11 @@ from sqlalchemy.orm import Session
 
 from sqla_redis_cache import QueryCache, cached
 
-from .conftest import Database
+from .conftest import EVERY_DEPLOYMENT, Database
 from .models import User
+
+#: every test building its caches through ``redis_target`` runs on each deployment
+pytestmark = EVERY_DEPLOYMENT
 
 
 @pytest.fixture

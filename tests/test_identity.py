@@ -21,8 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 
 from sqla_redis_cache import QueryCache, cached
-from sqla_redis_cache._conn_state import _statements
-from sqla_redis_cache._identity import engine_identity
+from sqla_redis_cache.wiring._identity import engine_identity
+from sqla_redis_cache.wiring._runtime_settings import _statements
 
 from ._counting import make_counted_engine
 

@@ -18,8 +18,11 @@ from sqlalchemy.orm import Session
 
 from sqla_redis_cache import QueryCache, cached
 
-from .conftest import Database
+from .conftest import EVERY_DEPLOYMENT, Database
 from .models import Order, Org, User
+
+#: every test building its caches through ``redis_target`` runs on each deployment
+pytestmark = EVERY_DEPLOYMENT
 
 # Statements reading app_user in different positions: FROM, JOIN, WHERE subquery, CTE.
 READERS: dict[str, Callable[[], Any]] = {

@@ -18,7 +18,10 @@ from . import _services
 
 def test_sync_results_are_shared_between_caches(redis_url: str, namespace: str) -> None:
     calls: list[tuple[str, float]] = []
-    caches = [QueryCache.from_url(redis_url, namespace=namespace) for _ in range(2)]
+    caches = [  # an application's own TTL profile, next to the defaults
+        QueryCache.from_url(redis_url, namespace=namespace, regions={"ai_response": 86400})
+        for _ in range(2)
+    ]
 
     def make(cache: QueryCache):  # type: ignore[no-untyped-def]
         @cache.memoize(ttl=60, region="ai_response")

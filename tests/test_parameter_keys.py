@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import DateTime, Numeric, String, cast, literal, select
 
 from sqla_redis_cache import QueryCache, cached
-from sqla_redis_cache._keys import UnkeyableParameter, fingerprint_parameters
+from sqla_redis_cache.storage._keys import UnkeyableParameter, fingerprint_parameters
 
 from .conftest import Database
 from .models import User

@@ -1,4 +1,5 @@
-"""Refresh-ahead (the seed's pattern 3) and cache warming.
+"""Refresh-ahead (a soft TTL: one caller refreshes, the others keep the aged value) and cache
+warming.
 
 Past the soft TTL one caller hands the rebuild to a background thread and everybody keeps
 getting the aged value; an *invalidated* entry is never served.

@@ -1,4 +1,4 @@
-"""Relationship and eager loads under a cached statement (issue 3).
+"""Relationship and eager loads under a cached statement.
 
 ``cached()`` propagates to loaders, so lazy and eager loads of the objects a cached statement
 returns are cached too, each entry depending on the tables its own SQL read.  A write to the

@@ -1,37 +1,18 @@
-"""Sentinel (master, replica, three sentinels), started by the tests: the whole contract again,
-and proof that every command, reads included, goes to the master."""
+"""Sentinel (master, replica, three sentinels), started by the tests: every command, reads
+included, goes to the master.  The core and contract tests run on it too (conftest.py)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select, update
 
 from sqla_redis_cache import QueryCache, cached
 
-from ._contract import deployment_tests
-from ._deployments import STEADY_TIMEOUTS, SentinelSetup, admin, start_sentinel
-from .conftest import Database, RedisTarget
+from ._deployments import SentinelSetup, admin
+from .conftest import Database
 from .models import User
 
-pytestmark = pytest.mark.cluster
-
-globals().update(deployment_tests())
-
-
-@pytest.fixture(scope="module")
-def sentinel() -> Iterator[SentinelSetup]:
-    deployment = start_sentinel(sentinels=3)
-    yield deployment
-    deployment.close()
-
-
-@pytest.fixture(scope="module")
-def redis_target(sentinel: SentinelSetup) -> RedisTarget:
-    return RedisTarget(
-        f"redis+sentinel://{sentinel.nodes}/{sentinel.name}/0", dict(STEADY_TIMEOUTS)
-    )
+pytestmark = [pytest.mark.cluster, pytest.mark.deployments("sentinel")]
 
 
 def test_reads_and_invalidations_go_to_the_master(

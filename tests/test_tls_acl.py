@@ -1,4 +1,4 @@
-"""TLS with certificates made by the test, and a restricted ACL user: the whole contract again.
+"""TLS with certificates made by the test, and a restricted ACL user.
 
 The server has a TLS port (client certificates optional) and a plain port the test administers
 it through.  The contract runs over TLS, with a client certificate, as an ACL user limited to
@@ -11,67 +11,32 @@ certificate, a wrong password (startup) and a revoked password or a foreign key 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
 
-from ._contract import deployment_tests
 from ._deployments import (
-    STEADY_TIMEOUTS,
+    TLS_PASSWORD,
+    TLS_USER,
     Certs,
     TlsServer,
     add_cache_user,
     admin,
-    make_certs,
     start_tls_server,
+    tls_settings,
 )
 from .conftest import Database, RedisTarget
 from .models import User
 
-pytestmark = pytest.mark.cluster
-
-globals().update(deployment_tests())
-
-USER, PASSWORD = "cacheuser", "s3cret-pw"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def tls_server(certs: Certs) -> Iterator[TlsServer]:
-    server = start_tls_server(certs, auth_clients="optional")
-    add_cache_user(admin(server.plain_port), USER, PASSWORD, "t*")
-    yield server
-    server.close()
-
-
-def _tls_settings(certs: Certs, **extra: object) -> dict[str, object]:
-    return {
-        "tls_ca_certs": certs.ca,
-        "tls_certfile": certs.client_cert,
-        "tls_keyfile": certs.client_key,
-        **extra,
-    }
-
-
-@pytest.fixture(scope="module")
-def redis_target(tls_server: TlsServer, certs: Certs) -> RedisTarget:
-    return RedisTarget(
-        f"rediss://127.0.0.1:{tls_server.tls_port}/0",
-        _tls_settings(certs, username=USER, password=PASSWORD, **STEADY_TIMEOUTS),
-    )
+pytestmark = [pytest.mark.cluster, pytest.mark.deployments("tls")]
 
 
 def test_cache_connects_over_tls_as_the_acl_user(cache: QueryCache, tls_server: TlsServer) -> None:
     assert cache.set("probe", 1)
     clients = admin(tls_server.plain_port).client_list()
-    ours = [c for c in clients if c.get("user") == USER]
+    ours = [c for c in clients if c.get("user") == TLS_USER]
     assert ours, clients
     assert all(c["laddr"].endswith(f":{tls_server.tls_port}") for c in ours)
 
@@ -81,7 +46,9 @@ def test_unknown_ca_is_a_startup_error(tls_server: TlsServer, certs: Certs) -> N
         QueryCache.from_url(
             f"rediss://127.0.0.1:{tls_server.tls_port}/0",
             namespace="tca",
-            **_tls_settings(certs, tls_ca_certs=certs.other_ca, username=USER, password=PASSWORD),
+            **tls_settings(
+                certs, tls_ca_certs=certs.other_ca, username=TLS_USER, password=TLS_PASSWORD
+            ),
         )
 
 
@@ -94,7 +61,7 @@ def test_client_certificate_required(certs: Certs) -> None:
     try:
         with pytest.raises(ConfigurationError, match="TLS handshake refused"):
             QueryCache.from_url(url, namespace="tcert", tls_ca_certs=certs.ca)
-        qc = QueryCache.from_url(url, namespace="tcert", **_tls_settings(certs))
+        qc = QueryCache.from_url(url, namespace="tcert", **tls_settings(certs))
         try:
             assert qc.set("k", "v") and qc.get("k") == "v"
             assert qc.stats().errors == 0
@@ -108,8 +75,8 @@ def test_wrong_password_is_a_clear_startup_error(redis_target: RedisTarget) -> N
     with pytest.raises(ConfigurationError) as info:
         redis_target.cache("tpw", password="not-the-password")
     message = str(info.value)
-    assert f"user {USER!r}" in message and "invalid username-password pair" in message
-    assert "not-the-password" not in message and PASSWORD not in message
+    assert f"user {TLS_USER!r}" in message and "invalid username-password pair" in message
+    assert "not-the-password" not in message and TLS_PASSWORD not in message
 
 
 def test_keys_outside_the_users_pattern_fail_open_counted(

@@ -1,4 +1,4 @@
-"""Every write path invalidates what it changed (issue 3).
+"""Every write path invalidates what it changed.
 
 Each test fills a cached read, proves the next read is a hit (no SQL), writes through one
 path, and proves the next read goes to the database and returns the new data.  Without the
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
-from sqla_redis_cache._sqlwrites import written_by_sql
+from sqla_redis_cache.wiring._sqlwrites import written_by_sql
 
 from .conftest import Database
 from .models import Order, Org, User

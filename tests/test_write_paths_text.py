@@ -19,8 +19,9 @@ from sqlalchemy import Column, Integer, MetaData, Table, delete, event, insert, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from sqla_redis_cache import QueryCache, _fkgraph, cached
-from sqla_redis_cache._sqlwrites import analyse_sql
+from sqla_redis_cache import QueryCache, cached
+from sqla_redis_cache.wiring import _fkgraph
+from sqla_redis_cache.wiring._sqlwrites import analyse_sql
 
 from ._counting import make_counted_async_engine, make_counted_engine
 from .conftest import Database, _writes_database

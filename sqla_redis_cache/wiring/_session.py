@@ -1,0 +1,97 @@
+"""Session wiring: the ``cached()`` option, the connections of a transaction, and its commit.
+
+``do_orm_execute`` only translates the ``cached()`` option into an execution option; it never
+answers a query itself, so SQLAlchemy's autoflush, loader options and result handling run as
+usual and the cursor-level hook (``_reads``) decides hit or miss with full knowledge of the
+transaction's writes.  The one exception is a plain ``session.get(cls, pk, options=[cached()])``,
+which the entity cache (``_entities``) may answer under the conditions it documents.
+
+``after_begin`` notes each connection a session transaction uses and marks it as driven by a
+session, so that the Core commit steps (``_commit``) leave its commit to the session; it also
+installs the engine hooks on engines met for the first time (unbound sessionmakers, ``binds``,
+option copies): SQLAlchemy fires it before the first statement runs on the new connection and
+checks for engine listeners at each event point, so that first transaction is fully tracked.
+
+``after_flush`` lets the write-through (``_write_through``) note the rows a flush wrote (they
+are reloaded from the database just before it commits).  ``after_commit`` runs once the
+database commit succeeded and hands the session to the commit path (``_commit``): the tables
+its connections wrote and the reloaded rows, invalidated and written through in one round trip,
+so by the time ``commit()`` returns every process misses on them.  A rollback invalidates
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from ._commit import CommitPath
+from ._entities import Entities
+from ._listeners import Listeners
+from ._options import SESSION_WIRED, CachedOption
+from ._transaction import CONNECTIONS, ConnectionKeys
+from ._write_through import WriteThrough
+
+
+class SessionHooks(Listeners):
+    """The listeners one cache installs on the sessionmakers and sessions it is attached to."""
+
+    def __init__(
+        self,
+        *,
+        option_key: str,
+        conn_keys: ConnectionKeys,
+        entities: Entities,
+        write_through: WriteThrough,
+        commit_path: CommitPath,
+        engine_met: Callable[[Engine], object],
+    ) -> None:
+        self.option_key = option_key
+        self.k = conn_keys
+        self.entities = entities
+        self.write_through = write_through
+        self.commit_path = commit_path
+        self.engine_met = engine_met
+
+    def do_orm_execute(self, state: Any) -> Any:
+        if not state.is_select:
+            return None
+        for option in state.user_defined_options:
+            if isinstance(option, CachedOption):
+                served = self.entities.try_get(state, option)  # session.get()
+                if served is not None:
+                    return served
+                state.update_execution_options(
+                    **{self.option_key: option.payload, SESSION_WIRED: True}
+                )
+                return None
+        return None
+
+    def after_begin(self, session: Any, transaction: Any, connection: Any) -> None:
+        info = session.info
+        conns = info.get(CONNECTIONS)
+        if conns is None:
+            conns = info[CONNECTIONS] = []
+        conns.append(connection)
+        connection.info[self.k.session_owned] = True  # its commit is invalidated by after_commit
+        self.engine_met(connection.engine)
+
+    def after_flush(self, session: Any, flush_context: Any) -> None:
+        self.write_through.note_flush(session, flush_context)
+
+    def after_commit(self, session: Any) -> None:
+        self.commit_path.after_session_commit(session)
+
+    def after_transaction_end(self, session: Any, transaction: Any) -> None:
+        if transaction.parent is None:
+            session.info.pop(CONNECTIONS, None)
+
+    EVENTS = (
+        "do_orm_execute",
+        "after_begin",
+        "after_flush",
+        "after_commit",
+        "after_transaction_end",
+    )

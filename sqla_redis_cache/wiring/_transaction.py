@@ -1,0 +1,108 @@
+"""Per-connection transaction state: what one cache keeps in ``Connection.info``, and reads of it.
+
+``Connection.info`` belongs to the DBAPI connection and is shared by everything that uses it,
+including a second ``QueryCache`` attached to the same engine.  Each cache therefore keeps its
+write sets under its own names (:class:`ConnectionKeys`): one cache consuming its pending
+invalidations at commit must never take away those of another cache (which would then miss the
+commit and serve stale data).
+
+The life of a transaction's bookkeeping, by the module that writes each name:
+
+- ``written``: tables written in the transaction (``_writes``, on every write); reads of them
+  bypass the cache (``_reads``); moved to ``committing`` by the ``commit`` event (``_commit``);
+- ``committing``: tables of a transaction being committed, until they are invalidated (by the
+  session's ``after_commit``, or for a Core connection at its next begin or checkin);
+- ``claim``: (commit id, tables) of a Core commit whose tokens were made pending (``_commit``);
+- ``tx_used``: the transaction ran a statement (the snapshot rule of ``_reads``);
+- ``session_owned``: a Session drives the connection, so its ``after_commit`` invalidates;
+- ``entity_writes``, ``entity_reloaded``: the rows a flush wrote, and those rows as reloaded
+  just before the commit (``_write_through``);
+- ``schema_changed``: the transaction ran DDL: the foreign-key graph is read again after it.
+
+The functions below answer the questions several hooks ask of that state: is this transaction
+reading from an older snapshot, may the entity cache answer for this session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._compat import engine_isolation_level
+from ._runtime_settings import STATE
+
+#: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
+ALL_TABLES = "*"
+
+#: ``Session.info`` key: the connections the session's current transaction uses
+CONNECTIONS = "sqla_redis_cache.connections"
+
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionKeys:
+    """The ``Connection.info`` names of one cache (see the module docstring)."""
+
+    written: str
+    committing: str
+    claim: str
+    tx_used: str
+    session_owned: str
+    entity_writes: str
+    entity_reloaded: str
+    schema_changed: str
+
+    @classmethod
+    def for_cache(cls, tag: str) -> ConnectionKeys:
+        prefix = f"sqla_redis_cache:{tag}:"
+        return cls(
+            prefix + "written",
+            prefix + "committing",
+            prefix + "committing:claim",
+            prefix + "tx_used",
+            prefix + "session",
+            prefix + "entity_writes",
+            prefix + "entity_reloaded",
+            prefix + "schema_changed",
+        )
+
+
+def session_connections(session: Any) -> list[Any]:
+    """The connections the session's current transaction uses (noted in ``after_begin``)."""
+    conns: list[Any] = session.info.get(CONNECTIONS, [])
+    return conns
+
+
+def snapshot_isolated(conn: Any) -> bool:
+    """True when ``conn``'s transaction reads from a snapshot taken at its first statement
+    (REPEATABLE READ, SERIALIZABLE, SNAPSHOT: on the engine, the connection, or set in SQL)."""
+    state = conn.info.get(STATE)
+    if state is not None and (state.tx_snapshot or state.snapshot):
+        return True
+    dialect = conn.dialect
+    if dialect.name == "sqlite":  # pysqlite does not BEGIN before SELECT
+        return False
+    level = (
+        conn.get_execution_options().get("isolation_level")
+        or engine_isolation_level(dialect)
+        or dialect.default_isolation_level
+    )
+    return level in _SNAPSHOT_LEVELS
+
+
+def transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
+    """True when the session's transaction wrote, reads from an older snapshot, or runs on a
+    connection whose session settings changed (the entity cache must not answer for it)."""
+    for conn in session_connections(session):
+        if conn.closed:
+            continue
+        info = conn.info
+        if info.get(k.written) or info.get(k.committing):
+            return True
+        state = info.get(STATE)
+        if state is not None and state.blocks_any():
+            return True
+        if info.get(k.tx_used) and snapshot_isolated(conn):
+            return True
+    return False

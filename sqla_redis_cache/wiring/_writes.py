@@ -1,0 +1,108 @@
+"""Where writes are seen: the ``after_cursor_execute`` hook one cache installs on each engine.
+
+``after_cursor_execute`` records the table of every INSERT/UPDATE/DELETE (ORM flush, ORM bulk
+DML, Core DML, and DML nested in them as data-modifying CTEs: ``_analysis``), of textual SQL
+(``_sqlwrites``) and of DDL in the connection's transaction state (``_transaction``), with every
+table the database changes along with them (``ON DELETE``/``ON UPDATE`` actions, ``TRUNCATE ...
+CASCADE``: ``_fkgraph``).  It also notes session settings a statement changes
+(``_runtime_settings``).
+
+Under AUTOCOMMIT isolation the write is already committed, so the commit path invalidates it at
+once (``_commit``).  Otherwise reads of those tables on that connection bypass the cache until
+the transaction ends, so a transaction sees its own writes and nothing uncommitted is stored.
+The tables that declared ``invalidates`` rules add (``_write_rules``: what triggers write) count
+as written from the same statement on, not only at commit.  The connection's ``commit`` event
+(``_commit``) hands the set over to the commit path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._analysis import cte_written_tables, ddl_tables, written_tables
+from ._commit import CommitPath
+from ._compat import is_autocommit
+from ._fkgraph import ForeignKeyGraphs
+from ._listeners import Listeners
+from ._runtime_settings import might_change_state, observe
+from ._sqlwrites import analyse_sql
+from ._transaction import ALL_TABLES, ConnectionKeys
+from ._write_rules import WriteRules
+
+_NONE: frozenset[str] = frozenset()
+
+
+class WriteHooks(Listeners):
+    """The write listener one cache installs on each engine it serves."""
+
+    def __init__(
+        self,
+        conn_keys: ConnectionKeys,
+        rules: WriteRules,
+        fk_graphs: ForeignKeyGraphs,
+        commit_path: CommitPath,
+    ) -> None:
+        self.k = conn_keys
+        self.rules = rules
+        self.fk_graphs = fk_graphs
+        self.commit_path = commit_path
+
+    def after_cursor_execute(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        info = conn.info
+        info[self.k.tx_used] = True
+        if context is None:
+            return
+        # session state: textual SQL and DDL, or set_config() in a statement that really ran
+        if (context.is_text or context.isddl) or (
+            not getattr(context.cursor, "hit", False) and might_change_state(statement)
+        ):
+            observe(conn, info, statement, context.dialect.name, is_autocommit(conn))
+        if context.isinsert or context.isupdate or context.isdelete:
+            tables, truncated = written_tables(context), _NONE
+        elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
+            found = analyse_sql(
+                statement, context.dialect.name, context.dialect.default_schema_name
+            )
+            if found.schema_change:
+                self._schema_changed(conn)
+            tables, truncated = found.tables, found.truncated
+            if tables is not None and not tables:
+                return
+        elif context.isddl:
+            self._schema_changed(conn)
+            tables, truncated = ddl_tables(context), _NONE
+            if tables is not None and not tables:
+                return
+        elif statement.startswith("WITH"):  # data-modifying CTEs only exist at the top
+            tables, truncated = cte_written_tables(context), _NONE
+            if not tables:
+                return
+        else:
+            return
+        if tables is not None:  # and what the database changes with them (FK actions)
+            tables = self.fk_graphs.expand(conn, tables, truncated)
+        if is_autocommit(conn):  # already committed by the database: invalidate now
+            self.commit_path.invalidate(tables if tables is not None else (ALL_TABLES,))
+            return
+        written = info.get(self.k.written)
+        if written is None:
+            written = info[self.k.written] = set()
+        if tables is None:
+            written.add(ALL_TABLES)
+        else:  # with what declared rules add (trigger targets): their rows are uncommitted too
+            written.update(self.rules.expand(tables)[0])
+
+    def _schema_changed(self, conn: Any) -> None:
+        graph = self.fk_graphs.state(conn)
+        graph.mark_stale()  # and again once the transaction is over (``_commit``)
+        conn.info[self.k.schema_changed] = graph
+
+    EVENTS = ("after_cursor_execute",)
