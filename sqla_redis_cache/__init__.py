@@ -16,15 +16,18 @@ from ._config import CacheConfig, RegionConfig
 from ._errors import ConfigurationError
 from .io import RedisIO
 from .storage._stats import CacheStats
-from .wiring._options import cached
+from .wiring._explain import Explanation
+from .wiring._options import cached, uncached
 
 __all__ = [
     "CacheConfig",
     "CacheStats",
     "ConfigurationError",
+    "Explanation",
     "QueryCache",
     "RedisIO",
     "RegionConfig",
     "cached",
+    "uncached",
 ]
 __version__ = "0.1.0"
