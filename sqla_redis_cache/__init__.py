@@ -15,7 +15,7 @@ from ._cache import QueryCache
 from ._config import CacheConfig, RegionConfig
 from ._errors import ConfigurationError
 from .io import RedisIO
-from .storage._stats import CacheStats
+from .storage._stats import CacheStats, GroupStats
 from .wiring._explain import Explanation
 from .wiring._options import cached, uncached
 
@@ -24,6 +24,7 @@ __all__ = [
     "CacheStats",
     "ConfigurationError",
     "Explanation",
+    "GroupStats",
     "QueryCache",
     "RedisIO",
     "RegionConfig",

@@ -97,11 +97,12 @@ class Policy:
             self._memo[tables] = found
         return found  # type: ignore[no-any-return]
 
-    def decide(self, tables: Iterable[str]) -> tuple[Rule, str]:
-        """The directive for a statement reading ``tables``, and which rule decided."""
+    def decide(self, tables: Iterable[str]) -> tuple[Rule, str, bool]:
+        """The directive for a statement reading ``tables``, which rule decided, and whether
+        a rule excludes it (rather than no rule covering it)."""
         by_table = self.by_table
         if not by_table or not tables:
-            return self.default, "policy: the default"
+            return self.default, "the default", False
         chosen: list[tuple[str, CacheDirective]] = []
         for table in sorted(tables):
             if table not in by_table:
@@ -110,10 +111,10 @@ class Policy:
                 continue
             rule = by_table[table]
             if rule is None:
-                return None, f"policy: table {table} is never cached"
+                return None, f"table {table} is never cached", True
             chosen.append((f"the rule of table {table}", rule))
         if not chosen:
-            return None, "no cached() option, and no policy rule for its tables"
+            return None, "no rule for the tables it reads, and no default", False
         ttl = self._ttl
         why, best = min(chosen, key=lambda item: (ttl[id(item[1])], item[0]))
         tags = sorted({tag for _, rule in chosen for tag in rule.tags})
@@ -121,7 +122,7 @@ class Policy:
         if len(chosen) > 1:
             best = replace(best, tags=tuple(tags), tables=tuple(extra))
             why += " (the shortest TTL of the tables read)"
-        return best, f"policy: {why}"
+        return best, why, False
 
     def __repr__(self) -> str:
         return f"<Policy default={self.default!r} tables={self.by_table!r}>"

@@ -189,12 +189,15 @@ class ReadHooks(Listeners):
                 raise Explained(
                     request, reason="not_opted_in", statement=statement, parameters=params
                 )
+            request.decided_by = "policy of the engine"
         if choice.__class__ is Policy:
             tables = read_plan(context).tables
-            choice, request.decided_by = choice.decide(tables)
+            choice, why, excluded = choice.decide(tables)
+            request.decided_by = f"{request.decided_by} ({why})"
             if choice is None:
+                reason = "policy" if excluded else "not_opted_in"
                 raise Explained(
-                    request, reason="policy", statement=statement, parameters=params, tables=tables
+                    request, reason=reason, statement=statement, parameters=params, tables=tables
                 )
         return choice
 
