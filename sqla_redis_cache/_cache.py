@@ -308,13 +308,15 @@ class QueryCache(AsyncAPI):
 
 class Internals(NamedTuple):
     """What the package's integrations (ASGI middleware, status API, CLI, OpenTelemetry) may
-    use beyond the public API: the storage layer, and the registered warm-up callables."""
+    use beyond the public API: the storage layer, the registered warm-up callables, and what
+    ``attach()`` was given (their synchronous objects)."""
 
     storage: Storage
     warmup: WarmupRegistry
+    targets: tuple[Any, ...] = ()
 
 
 def internals(cache: QueryCache) -> Internals:
     """The :class:`Internals` of ``cache`` (not public API)."""
     # the facade's own parts, read by its own module
-    return Internals(cache._storage, cache._warmup)  # noqa: SLF001
+    return Internals(cache._storage, cache._warmup, tuple(cache._wiring.attached))  # noqa: SLF001
