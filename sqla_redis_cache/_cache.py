@@ -11,6 +11,7 @@ engines; it never patches SQLAlchemy.  Everything it writes to Redis lives under
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
@@ -60,11 +61,15 @@ class QueryCache(AsyncAPI):
 
     @classmethod
     def from_env(
-        cls, *, namespace: str = "sqlacache", environ: Any = None, **settings: Any
+        cls, *, namespace: str | None = None, environ: Any = None, **settings: Any
     ) -> QueryCache:
         """Read ``REDIS_URL`` (else ``REDIS_HOST``/``PORT``/``DB``), ``REDIS_USERNAME``/
         ``PASSWORD``, ``REDIS_TLS_*``, ``REDIS_CLUSTER_*``, ``REDIS_SENTINEL_*``
-        (docs/deployment.md)."""
+        (docs/deployment.md); the namespace, unless given, from ``SQLA_CACHE_NAMESPACE``
+        (default ``sqlacache``), as the CLI does."""
+        if namespace is None:
+            env = os.environ if environ is None else environ
+            namespace = env.get("SQLA_CACHE_NAMESPACE") or "sqlacache"
         return cls(CacheConfig.from_env(environ, namespace=namespace, **settings))
 
     @classmethod
