@@ -37,6 +37,22 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._groups import GROUP_COUNTERS, REASONS, GroupStats, Tally, groups_from_fields
+
+__all__ = [
+    "BUCKETS_MS",
+    "COUNTERS",
+    "GROUP_COUNTERS",
+    "REASONS",
+    "CacheStats",
+    "GroupStats",
+    "Observer",
+    "StatsFlusher",
+    "StatsRecorder",
+    "Tally",
+    "stats_from_hash",
+]
+
 log = logging.getLogger("sqla_redis_cache")
 
 #: counters that are summed across processes (field names in the shared hash)
@@ -54,56 +70,8 @@ COUNTERS = (
 BUCKETS_MS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0)
 _OPEN_BUCKET_MS = 5000.0
 
-#: why a statement or value was not cached: stable codes (statistics keys, metric labels) and
-#: what each means
-REASONS: Mapping[str, str] = {
-    "unkeyable_statement": "SQLAlchemy cannot key the statement (a TypeDecorator without "
-    "cache_ok, ...)",
-    "text_fragment": "text() fragment: the tables it reads are unknown (name them with "
-    "cached(tables=[...]))",
-    "locking_read": "locking read (FOR UPDATE / FOR SHARE)",
-    "data_modifying_cte": "data-modifying CTE (INSERT / UPDATE / DELETE inside the SELECT)",
-    "reads_no_table": "reads no table (nothing would ever invalidate it)",
-    "not_a_select": "not a SELECT",
-    "not_compiled": "not a compiled statement (driver-level SQL)",
-    "streamed_result": "streamed result (stream_results / yield_per)",
-    "unkeyable_parameter": "a bound parameter has a type whose value cannot be keyed safely",
-    "unencodable_value": "the result holds a value the entry format cannot store "
-    "(pickle needs a secret)",
-    "entry_too_large": "the entry would exceed max_entry_bytes",
-}
-
-#: per-table and per-region counters (``CacheStats.by_table`` / ``by_region``)
-GROUP_COUNTERS = ("hits", "misses", "bypasses", "invalidations", "bytes")
 #: how many statements' "not cached" lines are remembered so each is logged once
 _LOGGED_LIMIT = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class GroupStats:
-    """The figures of one table or one region."""
-
-    hits: int = 0
-    misses: int = 0
-    #: reads that skipped the cache (own uncommitted writes, snapshot isolation, Redis down)
-    bypasses: int = 0
-    #: times a commit (or ``invalidate_tables``) replaced the table's token
-    invalidations: int = 0
-    #: bytes of the entries stored (fills)
-    bytes: int = 0
-
-    @property
-    def lookups(self) -> int:
-        return self.hits + self.misses
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        out: dict[str, float] = {name: getattr(self, name) for name in GROUP_COUNTERS}
-        out.update(lookups=self.lookups, hit_rate=round(self.hit_rate, 6))
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,31 +130,6 @@ class CacheStats:
         if by not in ("table", "region"):
             raise ValueError(f"by must be 'table' or 'region', not {by!r}")
         return dict(self.by_table if by == "table" else self.by_region)
-
-
-class Tally:
-    """The counters of one group of reads: entries depending on ``tables``, in ``region``.
-
-    The read path holds on to its tally (``wiring._reads`` memoises it with the entry's
-    dependency keys), so counting a hit is one attribute increment; the tally survives
-    :meth:`StatsRecorder.reset` (it is zeroed in place).
-    """
-
-    __slots__ = ("bypasses", "bytes", "flushed", "hits", "misses", "region", "tables")
-
-    def __init__(self, tables: frozenset[str], region: str) -> None:
-        self.tables = tables
-        self.region = region
-        self.hits = self.misses = self.bypasses = self.bytes = 0
-        #: (hits, misses, bypasses, bytes) already added to the shared statistics
-        self.flushed = (0, 0, 0, 0)
-
-    def current(self) -> tuple[int, int, int, int]:
-        return (self.hits, self.misses, self.bypasses, self.bytes)
-
-    def zero(self) -> None:
-        self.hits = self.misses = self.bypasses = self.bytes = 0
-        self.flushed = (0, 0, 0, 0)
 
 
 class StatsRecorder:
@@ -300,8 +243,8 @@ class StatsRecorder:
             latency_p99_ms=pct(0.99),
             lock_waits=self.lock_waits,
             uncacheable_by_reason=dict(self.reasons),
-            by_table=_groups(groups, "table"),
-            by_region=_groups(groups, "region"),
+            by_table=groups_from_fields(groups[0], "table"),
+            by_region=groups_from_fields(groups[0], "region"),
         )
 
     def _group_fields(self, since: bool = False) -> tuple[dict[str, int], list[Any]]:
@@ -378,18 +321,6 @@ class Observer:
         pass
 
 
-def _groups(found: tuple[dict[str, int], list[Any]], kind: str) -> dict[str, GroupStats]:
-    """``table``/``region`` figures from hash-style fields (``<kind>:<counter>:<name>``)."""
-    values: dict[str, dict[str, int]] = {}
-    prefix = kind + ":"
-    for name, count in found[0].items():
-        if name.startswith(prefix):
-            counter, _, group = name[len(prefix) :].partition(":")
-            if counter in GROUP_COUNTERS and group:
-                values.setdefault(group, {})[counter] = count
-    return {group: GroupStats(**counts) for group, counts in sorted(values.items())}
-
-
 def stats_from_hash(fields: Mapping[Any, Any]) -> CacheStats:
     """A :class:`CacheStats` from the shared hash (percentiles are histogram bucket bounds)."""
     values = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in fields.items()}
@@ -417,8 +348,8 @@ def stats_from_hash(fields: Mapping[Any, Any]) -> CacheStats:
         latency_p95_ms=pct(0.95),
         latency_p99_ms=pct(0.99),
         uncacheable_by_reason=reasons,
-        by_table=_groups((values, []), "table"),
-        by_region=_groups((values, []), "region"),
+        by_table=groups_from_fields(values, "table"),
+        by_region=groups_from_fields(values, "region"),
     )
 
 
