@@ -19,6 +19,7 @@ backend, pickle) and ``merge_frozen_result(load=False)`` on a hit.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -219,6 +220,7 @@ def run(
         samples: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(rounds):
             for label, (factory, stmt) in variants.items():
+                gc.collect()  # the garbage of the previous variant (the recipe's) is not ours
                 total = sum(_time(factory, stmt, entities) for _ in range(block))
                 samples[label].append(total / block)
         medians = {k: statistics.median(v) for k, v in samples.items()}
