@@ -8,6 +8,10 @@ steady state of a busy worker), and the report gives medians over rounds and rat
 uncached query, never absolute claims.  Every iteration opens a fresh Session, runs the query,
 consumes the result and closes the session: the shape of a web request.
 
+The library is measured twice, with per-table statistics (the default) and without
+(``table_stats=False``), interleaved like the rest, so the report gives the hit-path cost of
+counting per table and region in the same run conditions (``table_stats_cost``).
+
 The "recipe" is the approach documented in SQLAlchemy's dogpile_caching example: a
 ``do_orm_execute`` hook storing ``invoke_statement().freeze()`` in a dogpile region (Redis
 backend, pickle) and ``merge_frozen_result(load=False)`` on a hit.
@@ -15,6 +19,7 @@ backend, pickle) and ``merge_frozen_result(load=False)`` on a hit.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -184,6 +189,15 @@ def run(
     )
     cache.clear()
     cache.attach(ours)
+    untallied = sessionmaker(engine)
+    plain_stats = QueryCache.from_url(
+        redis_url,
+        namespace="sqla_cache_bench_nostats",
+        near_cache_size=512 if near_cache else 0,
+        table_stats=False,
+    )
+    plain_stats.clear()
+    plain_stats.attach(untallied)
     report: dict[str, Any] = {
         "rounds": rounds,
         "block": block,
@@ -198,6 +212,7 @@ def run(
             "uncached": (plain, stmt_plain),
             "recipe": (recipe, make(_FromRecipe("bench"))),
             "library": (ours, make(cached())),
+            "library_no_table_stats": (untallied, make(cached())),
         }
         for factory, stmt in variants.values():  # warm: compile caches, fill both caches
             for _ in range(3):
@@ -205,16 +220,24 @@ def run(
         samples: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(rounds):
             for label, (factory, stmt) in variants.items():
+                gc.collect()  # the garbage of the previous variant (the recipe's) is not ours
                 total = sum(_time(factory, stmt, entities) for _ in range(block))
                 samples[label].append(total / block)
         medians = {k: statistics.median(v) for k, v in samples.items()}
+        with_stats, without = medians["library"], medians["library_no_table_stats"]
         report["shapes"][name] = {
             "median_ms": {k: round(v * 1000, 3) for k, v in medians.items()},
             "ratio_to_uncached": {k: round(v / medians["uncached"], 3) for k, v in medians.items()},
+            "table_stats_cost": {
+                "extra_us": round((with_stats - without) * 1e6, 1),
+                "ratio": round(with_stats / without, 3),
+            },
         }
     report["invalidation"] = _invalidation_cost(cache, ours, redis_url)
     cache.clear()
     cache.close()
+    plain_stats.clear()
+    plain_stats.close()
     engine.dispose()
     return report
 

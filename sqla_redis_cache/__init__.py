@@ -15,16 +15,20 @@ from ._cache import QueryCache
 from ._config import CacheConfig, RegionConfig
 from ._errors import ConfigurationError
 from .io import RedisIO
-from .storage._stats import CacheStats
-from .wiring._options import cached
+from .storage._stats import CacheStats, GroupStats
+from .wiring._explain import Explanation
+from .wiring._options import cached, uncached
 
 __all__ = [
     "CacheConfig",
     "CacheStats",
     "ConfigurationError",
+    "Explanation",
+    "GroupStats",
     "QueryCache",
     "RedisIO",
     "RegionConfig",
     "cached",
+    "uncached",
 ]
 __version__ = "0.1.0"

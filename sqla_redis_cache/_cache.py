@@ -11,7 +11,8 @@ engines; it never patches SQLAlchemy.  Everything it writes to Redis lives under
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 from dogpile.cache.region import CacheRegion
@@ -28,6 +29,7 @@ from .storage import Storage
 from .storage._stats import CacheStats, StatsFlusher
 from .wiring import _compat
 from .wiring._attach import Wiring
+from .wiring._explain import Explanation
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,11 +61,15 @@ class QueryCache(AsyncAPI):
 
     @classmethod
     def from_env(
-        cls, *, namespace: str = "sqlacache", environ: Any = None, **settings: Any
+        cls, *, namespace: str | None = None, environ: Any = None, **settings: Any
     ) -> QueryCache:
         """Read ``REDIS_URL`` (else ``REDIS_HOST``/``PORT``/``DB``), ``REDIS_USERNAME``/
         ``PASSWORD``, ``REDIS_TLS_*``, ``REDIS_CLUSTER_*``, ``REDIS_SENTINEL_*``
-        (docs/deployment.md)."""
+        (docs/deployment.md); the namespace, unless given, from ``SQLA_CACHE_NAMESPACE``
+        (default ``sqlacache``), as the CLI does."""
+        if namespace is None:
+            env = os.environ if environ is None else environ
+            namespace = env.get("SQLA_CACHE_NAMESPACE") or "sqlacache"
         return cls(CacheConfig.from_env(environ, namespace=namespace, **settings))
 
     @classmethod
@@ -77,11 +83,39 @@ class QueryCache(AsyncAPI):
 
     # wiring --------------------------------------------------------------------------------
 
-    def attach(self, target: Any) -> QueryCache:
-        """Cache ``cached()`` statements run through ``target`` and invalidate on its commits."""
-        self._wiring.attach(target)
+    def attach(
+        self,
+        target: Any,
+        *,
+        default: Any = None,
+        tables: Mapping[str, Any] | None = None,
+    ) -> QueryCache:
+        """Cache ``cached()`` statements run through ``target`` and invalidate on its commits.
+
+        ``target``: a sessionmaker, Session subclass, Session, ``scoped_session`` or Engine, or
+        their asyncio counterparts.  ``default`` (a :func:`cached` option) caches every SELECT
+        run through it without an option of its own; ``tables`` maps table names to the
+        ``cached(...)`` policy of statements reading them, or None for never.  An explicit
+        ``cached()`` / ``uncached()`` on a statement wins; statements unsafe to cache still run
+        uncached.  Attaching a target again replaces its policy.
+        """
+        self._wiring.attach(target, default, tables)
         self._flusher.start()
         return self
+
+    def explain(self, statement: Any, session: Any) -> Explanation:
+        """Would ``statement`` be cached in ``session``, and if not, why.
+
+        Runs the statement's ORM steps in the session (autoflush, compilation) and the cache's
+        read decisions, never the query itself; then reads the entry (one round trip) to say
+        whether it is stored and fresh.  See :class:`~sqla_redis_cache.wiring._explain.
+        Explanation` for the fields.
+        """
+        return self._wiring.explain(statement, session)
+
+    async def aexplain(self, statement: Any, session: Any) -> Explanation:
+        """:meth:`explain` for an ``AsyncSession``."""
+        return await session.run_sync(lambda sync: self._wiring.explain(statement, sync))  # type: ignore[no-any-return]
 
     def detach(self, target: Any) -> None:
         """Undo :meth:`attach` for ``target``."""
@@ -279,13 +313,15 @@ class QueryCache(AsyncAPI):
 
 class Internals(NamedTuple):
     """What the package's integrations (ASGI middleware, status API, CLI, OpenTelemetry) may
-    use beyond the public API: the storage layer, and the registered warm-up callables."""
+    use beyond the public API: the storage layer, the registered warm-up callables, and what
+    ``attach()`` was given (their synchronous objects)."""
 
     storage: Storage
     warmup: WarmupRegistry
+    targets: tuple[Any, ...] = ()
 
 
 def internals(cache: QueryCache) -> Internals:
     """The :class:`Internals` of ``cache`` (not public API)."""
     # the facade's own parts, read by its own module
-    return Internals(cache._storage, cache._warmup)  # noqa: SLF001
+    return Internals(cache._storage, cache._warmup, tuple(cache._wiring.attached))  # noqa: SLF001

@@ -169,6 +169,9 @@ class CacheConfig:
     #: seconds between flushes of this process's statistics to the shared ``<ns>:stats`` hash
     #: (a background thread started by ``attach()``); 0 keeps statistics local
     stats_interval: float = 10.0
+    #: count query hits, misses, bypasses and bytes per table and per region (one local
+    #: increment per read, flushed with the other statistics)
+    table_stats: bool = True
     #: extra keyword arguments for the redis-py client
     redis_options: Mapping[str, Any] = field(default_factory=dict)
     #: what else a write to a table invalidates, e.g.

@@ -11,6 +11,7 @@ from typing import Any
 from ._cache import QueryCache, internals
 from ._redis_settings import redact
 from .features import _admin
+from .storage._stats import GroupStats
 
 
 def connection_error(cache: QueryCache) -> str | None:
@@ -63,3 +64,19 @@ def clear(
     for pattern in patterns:
         done[f"pattern {pattern}"] = cache.delete_pattern(pattern)
     return done
+
+
+def breakdown_lines(namespace: str, by: str, groups: dict[str, GroupStats]) -> list[str]:
+    """``sqla-redis-cache stats --by table|region``: one line per table or region, most
+    lookups first."""
+    lines = [f"namespace {namespace} (all processes), by {by}:"]
+    if not groups:
+        return [*lines, "  nothing counted yet"]
+    width = max(len(by), *(len(name) for name in groups))
+    columns = ("lookups", "hit rate", "hits", "misses", "bypasses", "invalidations", "bytes")
+    lines.append(f"  {by:<{width}}  " + "  ".join(f"{c:>13}" for c in columns))
+    for name, g in sorted(groups.items(), key=lambda item: (-item[1].lookups, item[0])):
+        rate = f"{g.hit_rate * 100:.1f}%"
+        values = (g.lookups, rate, g.hits, g.misses, g.bypasses, g.invalidations, g.bytes)
+        lines.append(f"  {name:<{width}}  " + "  ".join(f"{v!s:>13}" for v in values))
+    return lines

@@ -1,13 +1,13 @@
 """The ``sqla-redis-cache`` command line.
 
 Each command is a thin shell over the public API; errors that a user can fix (a bad URL, an
-unreachable server, a wrong ``--app``) are printed as one line with a non-zero exit code, never a
-traceback.  The operator commands (``status``, ``clear``, ``stats``, ``reset-stats``, ``warm``)
-find the cache the same way: ``--app module:attribute`` names the application's own
-:class:`~sqla_redis_cache.QueryCache` (needed by ``warm``, whose callables the application
-registers), else ``--redis-url``/``--namespace``, else the environment variables of
-``QueryCache.from_env`` (``REDIS_URL`` or ``REDIS_HOST``/``PORT``/..., ``SQLA_CACHE_NAMESPACE``).
-"""
+unreachable server, a wrong ``--app``) are printed as one line with a non-zero exit code, never
+a traceback. The operator commands (``status``, ``clear``, ``stats``, ``reset-stats``, ``warm``,
+``top``, ``explain``) find the cache the same way: ``--app module:attribute`` names the
+application's own :class:`~sqla_redis_cache.QueryCache` (needed by ``warm``, whose callables the
+application registers), else ``--redis-url``/``--namespace``, else the environment variables of
+``QueryCache.from_env`` (``REDIS_URL`` or ``REDIS_HOST``/``PORT``/...,
+``SQLA_CACHE_NAMESPACE``)."""
 
 from __future__ import annotations
 
@@ -183,6 +183,13 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _reasons_line(stats: dict[str, Any]) -> None:
+    reasons = stats.get("uncacheable_by_reason") or {}
+    if reasons:
+        ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        click.echo("  uncacheable by reason: " + ", ".join(f"{k} {v}" for k, v in ranked))
+
+
 def _stats_lines(stats: dict[str, Any]) -> None:
     click.echo(
         f"  hit rate {stats['hit_rate'] * 100:6.2f}%   hits {stats['hits']}   "
@@ -197,6 +204,7 @@ def _stats_lines(stats: dict[str, Any]) -> None:
         f"  hit latency ms p50 {stats['latency_p50_ms']:g}   p95 {stats['latency_p95_ms']:g}   "
         f"p99 {stats['latency_p99_ms']:g}"
     )
+    _reasons_line(stats)
 
 
 @main.command()
@@ -230,16 +238,100 @@ def status(cache: Any, as_json: bool) -> None:
 @main.command()
 @_operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats(cache: Any, as_json: bool) -> None:
+@click.option(
+    "--by",
+    type=click.Choice(["table", "region"]),
+    default=None,
+    help="Hits, misses, bypasses, invalidations and bytes per table or per region.",
+)
+def stats(cache: Any, as_json: bool, by: str | None) -> None:
     """Hits, misses, errors and latency of every process sharing the namespace."""
     shared = cache.shared_stats()
     if shared is None:
         raise click.ClickException("could not read the shared statistics from Redis")
+    if by is not None:
+        groups = shared.breakdown(by)
+        if as_json:
+            _emit_json({name: figures.as_dict() for name, figures in groups.items()})
+            return
+        from ._operator import breakdown_lines
+
+        for line in breakdown_lines(cache.config.namespace, by, groups):
+            click.echo(line)
+        return
     if as_json:
         _emit_json(shared.as_dict())
         return
     click.echo(f"namespace {cache.config.namespace} (all processes):")
     _stats_lines(shared.as_dict())
+
+
+@main.command()
+@_operator_command
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--limit", default=10, show_default=True, help="Tables shown per list.")
+@click.option("--iterations", type=int, default=None, help="Stop after N frames.")
+def top(cache: Any, interval: float, limit: int, iterations: int | None) -> None:
+    """Live view: hit rate, operations per second, tables with most misses and invalidations."""
+    from ._top import MISSING_RICH, run
+
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        raise click.ClickException(MISSING_RICH) from None
+    if interval <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--interval")
+    run(
+        cache.shared_stats,
+        cache.config.namespace,
+        interval=interval,
+        iterations=iterations,
+        limit=limit,
+    )
+
+
+@main.command()
+@click.option("--app", "app", envvar="SQLA_CACHE_APP", required=True, help="'module:attr'.")
+@click.option(
+    "--models",
+    multiple=True,
+    help="Module(s) whose names the statement uses (default: the --app module).",
+)
+@click.option("--session", "session_spec", default=None, help="'module:attr' factory to use.")
+@click.option("--unsafe-eval", is_flag=True, help="Evaluate the file as plain Python.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("statement", type=click.File("r"), default="-")
+def explain(
+    app: str,
+    models: tuple[str, ...],
+    session_spec: str | None,
+    unsafe_eval: bool,
+    as_json: bool,
+    statement: Any,
+) -> None:
+    """Would STATEMENT be cached, and if not why; its key, tables, tags and entry.
+
+    STATEMENT is a file (or - for stdin) holding one Python expression over the application's
+    models, e.g. select(User).where(User.org_id == 1).  Only SQLAlchemy constructs and the
+    methods of statements and columns may be called (--unsafe-eval lifts that, for files you
+    trust).  The statement never runs against the database.
+    """
+    from ._explain_cli import ExplainError, explain_source, load
+    from ._expression import UnsafeExpression
+
+    cache = _load_app(app)
+    module_names = models or (app.partition(":")[0],)
+    try:
+        modules = [load(name) for name in module_names]
+        report = explain_source(
+            cache, statement.read(), models=modules, session=session_spec, unsafe=unsafe_eval
+        )
+    except (UnsafeExpression, ExplainError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        click.echo(str(report))
 
 
 @main.command("reset-stats")

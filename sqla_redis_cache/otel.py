@@ -8,7 +8,11 @@
 
 Metrics are observable counters (``sqla_redis_cache.hits``, ``.misses``, ``.errors``,
 ``.invalidations``, ``.lock_waits``, ...) and a gauge of hit latency percentiles, all read from
-the cache's counters when the SDK collects: the hit path does no extra work.  Spans are recorded
+the cache's counters when the SDK collects: the hit path does no extra work.  Per-table and
+per-region figures are the observable counters ``sqla_redis_cache.table.hits`` (``.misses``,
+``.bypasses``, ``.invalidations``, ``.bytes``) with the attribute ``db.collection.name`` (the
+table), ``sqla_redis_cache.region.*`` with ``cache.region``, and
+``sqla_redis_cache.uncacheable_by_reason`` with ``cache.reason``.  Spans are recorded
 for the slow events only, after they happened and with their real start and end times:
 ``sqla_redis_cache.invalidate`` (a commit or ``invalidate_*`` replacing tokens; status ERROR
 when Redis failed) and ``sqla_redis_cache.lock_wait`` (a lookup that waited for another caller
@@ -25,7 +29,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from ._cache import QueryCache, internals
-from .storage._stats import COUNTERS, Observer
+from .storage._stats import COUNTERS, GROUP_COUNTERS, Observer
 
 SCOPE = "sqla_redis_cache"
 
@@ -51,6 +55,17 @@ class _SpanObserver(Observer):
     def lock_waited(self, seconds: float) -> None:
         span, end = self._span(f"{SCOPE}.lock_wait", seconds)
         span.end(end_time=end)
+
+
+def _group_counter(
+    cache: QueryCache, kind: str, name: str, attribute: str, attributes: dict[str, str]
+) -> Any:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        groups = cache.stats().breakdown(kind)
+        for group, figures in groups.items():
+            yield Observation(getattr(figures, name), {**attributes, attribute: group})
+
+    return observe
 
 
 class Instrumentation:
@@ -96,6 +111,23 @@ def instrument(
             yield Observation(value, {**attributes, "quantile": q})
 
     meter.create_observable_gauge(f"{SCOPE}.hit_latency", callbacks=[latency], unit="ms")
+
+    def by_reason(options: CallbackOptions) -> Iterable[Observation]:
+        for reason, count in sorted(cache.stats().uncacheable_by_reason.items()):
+            yield Observation(count, {**attributes, "cache.reason": reason})
+
+    meter.create_observable_counter(
+        f"{SCOPE}.uncacheable_by_reason", callbacks=[by_reason], unit="1"
+    )
+    for kind, attribute in (("table", "db.collection.name"), ("region", "cache.region")):
+        for name in GROUP_COUNTERS:
+            if kind == "region" and name == "invalidations":
+                continue
+            meter.create_observable_counter(
+                f"{SCOPE}.{kind}.{name}",
+                callbacks=[_group_counter(cache, kind, name, attribute, attributes)],
+                unit="By" if name == "bytes" else "1",
+            )
     tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
     observer = _SpanObserver(tracer, attributes)
     recorder.observer = observer

@@ -11,6 +11,12 @@ path::
 
 ``shared=True`` reads the namespace's shared statistics from Redis (one round trip per scrape);
 expose it from one place only, or the sums count every process once per scraper.
+
+Per-table and per-region figures are counters with a ``table`` / ``region`` label
+(``sqla_redis_cache_table_hits_total{table="users"}``, ``..._region_misses_total{region=...}``,
+``..._table_bytes_total`` for the bytes stored), and the uncacheable executions by reason
+``sqla_redis_cache_uncacheable_by_reason_total{reason="locking_read"}``.  Each table read adds
+one series per counter: the number of tables bounds them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ._cache import QueryCache
-from .storage._stats import COUNTERS
+from .storage._stats import COUNTERS, GROUP_COUNTERS
 
 _HELP = {
     "hits": "Cache lookups answered from Redis",
@@ -33,6 +39,13 @@ _HELP = {
     "corrupt": "Entries rejected as corrupt or tampered",
     "invalidations": "Table and tag version tokens replaced",
     "lock_waits": "Lookups that waited for another caller building the same entry",
+}
+_GROUP_HELP = {
+    "hits": "Cache hits of reads of the {}",
+    "misses": "Cache misses of reads of the {}",
+    "bypasses": "Reads of the {} that skipped the cache",
+    "invalidations": "Version token replacements of the {}",
+    "bytes": "Bytes of the entries stored for reads of the {}",
 }
 
 
@@ -66,3 +79,23 @@ class CacheCollector(Collector):
             latency.add_metric([*values, q], v)
         latency.add_metric([*values, "0.99"], stats.latency_p99_ms)
         yield latency
+        reasons = CounterMetricFamily(
+            f"{self.prefix}_uncacheable_by_reason",
+            "Executions that could not be cached, by reason",
+            labels=[*labels, "reason"],
+        )
+        for reason, count in sorted(stats.uncacheable_by_reason.items()):
+            reasons.add_metric([*values, reason], count)
+        yield reasons
+        for kind, groups in (("table", stats.by_table), ("region", stats.by_region)):
+            for name in GROUP_COUNTERS:
+                if kind == "region" and name == "invalidations":
+                    continue  # tokens belong to tables and tags, not regions
+                family = CounterMetricFamily(
+                    f"{self.prefix}_{kind}_{name}",
+                    _GROUP_HELP[name].format(kind),
+                    labels=[*labels, kind],
+                )
+                for group, figures in groups.items():
+                    family.add_metric([*values, group], getattr(figures, name))
+                yield family

@@ -66,6 +66,15 @@ def test_prometheus_collector_process_and_shared(pg: Database, cache: QueryCache
     assert value("sqla_redis_cache_hits_total", "shared") == 2  # flushed by the scrape itself
     text = generate_latest(registry).decode()
     assert "# TYPE sqla_redis_cache_lock_waits_total counter" in text
+    for scope in ("process", "shared"):  # per table and region, and uncacheable by reason
+        assert value("sqla_redis_cache_table_hits_total", scope, table="app_user") == 2
+        assert value("sqla_redis_cache_table_misses_total", scope, table="app_user") == 1
+        assert value("sqla_redis_cache_table_invalidations_total", scope, table="app_user") == 1
+        assert value("sqla_redis_cache_table_bytes_total", scope, table="app_user")
+        assert value("sqla_redis_cache_region_hits_total", scope, region="db_query") == 2
+    with pg.Session() as s:
+        s.scalars(select(User).with_for_update().options(cached())).all()
+    assert value("sqla_redis_cache_uncacheable_by_reason_total", "process", reason="locking_read")
 
 
 def test_prometheus_collector_counts_lock_waits_and_errors(patient_cache: QueryCache) -> None:
@@ -116,6 +125,17 @@ def test_opentelemetry_metrics_and_spans(pg: Database, patient_cache: QueryCache
     assert points["sqla_redis_cache.lock_waits"] == [1]
     assert points["sqla_redis_cache.errors"] == [0]
     assert len(points["sqla_redis_cache.hit_latency"]) == 3
+    attributes = {
+        metric.name: [dict(p.attributes or {}) for p in metric.data.data_points]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
+    assert points["sqla_redis_cache.table.hits"] == [2]
+    assert attributes["sqla_redis_cache.table.hits"][0]["db.collection.name"] == "app_user"
+    assert points["sqla_redis_cache.table.invalidations"] == [1]
+    assert points["sqla_redis_cache.region.misses"] == [1]
+    assert attributes["sqla_redis_cache.region.misses"][0]["cache.region"] == "db_query"
     spans = {span.name: span for span in exporter.get_finished_spans()}
     invalidate = spans["sqla_redis_cache.invalidate"]
     assert invalidate.attributes["cache.keys"] == 1

@@ -11,7 +11,8 @@ contract in pyproject.toml keeps SQLAlchemy out).  Modules, in the order a looku
   lock over a Redis lock on a miss, near cache, refresh-ahead);
 - ``_codec``: the authenticated entry envelope; ``_rows``: raw DBAPI rows column by column;
   ``_drivertypes``: database drivers' own value classes in entries;
-- ``_stats``: counters, latency percentiles, shared statistics.
+- ``_stats``: counters, latency percentiles, shared statistics; ``_groups``: the per-table and
+  per-region tallies, and the reasons a statement is not cached.
 
 :class:`Storage` bundles one cache's instances of them; the facade builds it and hands it (or
 the parts they use) to the features and the SQLAlchemy wiring.

@@ -33,7 +33,8 @@ from dogpile import Lock, NeedRegenerationException
 
 from ..io._ops import Set
 from ..io._protocol import Mutex
-from ._codec import CorruptEntry, EntryCodec, Unencodable
+from ._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
+from ._stats import Tally
 from ._store import FAILED, Store
 from ._versions import Versions
 
@@ -161,6 +162,8 @@ class Reader:
         refresh: Callable[[], T] | None = None,
         strict: bool = False,
         store_if: Callable[[T], bool] | None = None,
+        tally: Tally | None = None,
+        label: str | None = None,
     ) -> tuple[T, bool]:
         """The value for ``key`` and whether it came from the cache.
 
@@ -169,22 +172,29 @@ class Reader:
         to run on another thread, used for refresh-ahead in the background.  ``strict`` raises
         :class:`Unencodable` for a value that cannot be stored instead of returning it uncached.
         ``store_if(value)`` False returns a built value without storing it (waiters on the lock
-        then build their own).
+        then build their own).  ``tally``: the per-table / per-region counters of this read's
+        group (``_stats``); ``label``: what a "not cached" log line names (the statement).
         """
         started = time.perf_counter()
         if self.versions.owes and not self.versions.settle():
             self.stats.bypasses += 1
+            if tally is not None:
+                tally.bypasses += 1
             return build(), False
         keys = [key, *deps]
         values = self.store.get_many(keys)
         if values is FAILED:
             self.stats.bypasses += 1
+            if tally is not None:
+                tally.bypasses += 1
             return build(), False
         opened = self.open_entry(key, values, decode, keep_local)
         if opened is not None and (
             refresh_after is None or time.time() - opened[0] < refresh_after
         ):
             self.stats.hit(time.perf_counter() - started)
+            if tally is not None:
+                tally.hits += 1
             return opened[1], True  # type: ignore[no-any-return]
         fill = _Fill(self, keys, values, build, ttl, encode, decode, compress, keep_local)
         fill.aged = opened is not None
@@ -192,6 +202,8 @@ class Reader:
         fill.refresh = refresh
         fill.strict = strict
         fill.store_if = store_if
+        fill.tally = tally
+        fill.label = label
         return fill.run(lock_name or key + ":lock", refresh_after, started)
 
 
@@ -226,6 +238,10 @@ class _Fill(Generic[T]):
         self.strict = False
         self.store_if: Callable[[T], bool] | None = None
         self.opened: tuple[float, Any] | None = None
+        self.tally: Tally | None = None
+        self.label: str | None = None
+        #: the value could not be stored: the execution counts as uncacheable, not a miss
+        self.refused = False
 
     def value_and_created(self) -> tuple[T, float]:
         if self.first:  # what read() already opened: no second decode
@@ -266,12 +282,16 @@ class _Fill(Generic[T]):
                 created=created,
                 verify=self.strict,
             )
-        except Unencodable:
-            reader.stats.uncacheable += 1
+        except Unencodable as exc:
+            self.refused = True
+            reason = "entry_too_large" if isinstance(exc, EntryTooLarge) else "unencodable_value"
+            reader.stats.refused(reason, self.label or self.keys[0])
             if self.strict:
                 raise
             return created
         reader.store.run([Set(self.keys[0], entry, max(1, int(self.ttl * 1000)))])
+        if self.tally is not None:
+            self.tally.bytes += len(entry)
         if self.keep_local is not None and self.keep_local(value):
             reader.near.put(self.keys[0], EntryCodec.mac_of(entry), created, value)
         return created
@@ -310,11 +330,17 @@ class _Fill(Generic[T]):
         lock = Lock(mutex, self.create, self.value_and_created, refresh_after, background)  # type: ignore[no-untyped-call]
         with lock as value:
             result: T = value
+        tally = self.tally
         if self.built:
-            reader.stats.misses += 1
+            if not self.refused:  # a value that cannot be stored was counted as uncacheable
+                reader.stats.misses += 1
+                if tally is not None:
+                    tally.misses += 1
             return result, False
         elapsed = time.perf_counter() - started
         if not self.aged:  # missed, then got another caller's value: we waited on its lock
             reader.stats.lock_waited(elapsed)
         reader.stats.hit(elapsed)
+        if tally is not None:
+            tally.hits += 1
         return result, True

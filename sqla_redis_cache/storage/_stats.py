@@ -11,16 +11,49 @@ on that single key (so it is Redis Cluster safe).  Latencies travel as a fixed l
 histogram (one field per bucket), which merges across processes by plain addition; shared
 percentiles are therefore bucket upper bounds, local ones exact samples.  A failed flush keeps
 the difference for the next one; a process that dies loses at most one interval.
+
+Per-table and per-region figures cost a hit one attribute increment: the read path keeps one
+:class:`Tally` per *group* of reads (the tables an entry depends on and its region), found in
+the same memoised dictionary lookup that gives it the entry's dependency keys, and the reader
+adds to that tally where it counts the global hit, miss or bypass.  Only the flusher spreads a
+group's increments over its tables and its region (``table:<counter>:<name>`` and
+``region:<counter>:<name>`` fields of the same hash), so the cost of a hit does not depend on
+how many tables it read.  Invalidations are counted per table on the commit path.
+
+Every execution the cache sees is counted once: a hit, a miss, a bypass or uncacheable.  Why a
+statement or value could not be cached is counted per reason (:data:`REASONS`, also
+``uncacheable:<reason>`` fields of the hash), whether it is found when the key is built or
+when the entry is stored (then the lookup is not also a miss), and logged once per statement at
+DEBUG on the ``sqla_redis_cache`` logger.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from ._groups import GROUP_COUNTERS, REASONS, GroupStats, Tally, groups_from_fields
+
+__all__ = [
+    "BUCKETS_MS",
+    "COUNTERS",
+    "GROUP_COUNTERS",
+    "REASONS",
+    "CacheStats",
+    "GroupStats",
+    "Observer",
+    "StatsFlusher",
+    "StatsRecorder",
+    "Tally",
+    "stats_from_hash",
+]
+
+log = logging.getLogger("sqla_redis_cache")
 
 #: counters that are summed across processes (field names in the shared hash)
 COUNTERS = (
@@ -36,6 +69,9 @@ COUNTERS = (
 #: upper bounds of the shared latency histogram, milliseconds (the last bucket is open)
 BUCKETS_MS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0)
 _OPEN_BUCKET_MS = 5000.0
+
+#: how many statements' "not cached" lines are remembered so each is logged once
+_LOGGED_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +95,11 @@ class CacheStats:
     latency_p99_ms: float
     #: lookups that waited for another caller building the same entry (stampede lock)
     lock_waits: int = 0
+    #: ``uncacheable`` by reason (a code of :data:`REASONS`)
+    uncacheable_by_reason: Mapping[str, int] = field(default_factory=dict)
+    #: figures per table read (a read of two tables counts for both) and per region
+    by_table: Mapping[str, GroupStats] = field(default_factory=dict)
+    by_region: Mapping[str, GroupStats] = field(default_factory=dict)
 
     @property
     def lookups(self) -> int:
@@ -69,25 +110,38 @@ class CacheStats:
         """Hits over lookups, 0..1."""
         return self.hits / self.lookups if self.lookups else 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        """Every counter, the percentiles, ``lookups`` and ``hit_rate``, for JSON and metrics."""
-        out: dict[str, float] = {name: getattr(self, name) for name in COUNTERS}
+    def as_dict(self) -> dict[str, Any]:
+        """Every counter, the percentiles, ``lookups``, ``hit_rate`` and
+        ``uncacheable_by_reason``, for JSON and metrics (the per-table and per-region figures
+        are in :meth:`breakdown`)."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
         out.update(
             lookups=self.lookups,
             hit_rate=round(self.hit_rate, 6),
             latency_p50_ms=round(self.latency_p50_ms, 4),
             latency_p95_ms=round(self.latency_p95_ms, 4),
             latency_p99_ms=round(self.latency_p99_ms, 4),
+            uncacheable_by_reason=dict(self.uncacheable_by_reason),
         )
         return out
+
+    def breakdown(self, by: str) -> dict[str, GroupStats]:
+        """``by_table`` or ``by_region`` (``by``: "table" or "region"), as a dict."""
+        if by not in ("table", "region"):
+            raise ValueError(f"by must be 'table' or 'region', not {by!r}")
+        return dict(self.by_table if by == "table" else self.by_region)
 
 
 class StatsRecorder:
     __slots__ = (
         "_drained",
+        "_drained_invalidated",
+        "_drained_reasons",
         "_drained_samples",
         "_lock",
+        "_logged",
         "_samples",
+        "by_group",
         "bypasses",
         "corrupt",
         "errors",
@@ -96,6 +150,8 @@ class StatsRecorder:
         "lock_waits",
         "misses",
         "observer",
+        "reasons",
+        "table_invalidations",
         "uncacheable",
     )
 
@@ -104,6 +160,9 @@ class StatsRecorder:
         self._samples: deque[float] = deque(maxlen=samples)
         #: optional telemetry hooks (``otel``); called off the hit path only
         self.observer: Observer | None = None
+        #: (tables, region) -> the tally of that group of reads
+        self.by_group: dict[Hashable, Tally] = {}
+        self._logged: set[str] = set()
         self.reset()
 
     def reset(self) -> None:
@@ -113,6 +172,38 @@ class StatsRecorder:
             self._samples.clear()
             self._drained: dict[str, int] = dict.fromkeys(COUNTERS, 0)
             self._drained_samples = 0
+            self.reasons: dict[str, int] = {}
+            self._drained_reasons: dict[str, int] = {}
+            self.table_invalidations: dict[str, int] = {}
+            self._drained_invalidated: dict[str, int] = {}
+            for tally in self.by_group.values():
+                tally.zero()
+
+    def tally(self, tables: frozenset[str], region: str) -> Tally:
+        """The tally of reads of ``tables`` in ``region`` (created on first use)."""
+        key = (tables, region)
+        found = self.by_group.get(key)
+        if found is None:
+            with self._lock:
+                found = self.by_group.setdefault(key, Tally(tables, region))
+        return found
+
+    def refused(self, reason: str, label: str | None = None) -> None:
+        """Count an execution that could not be cached, by reason; log it once per ``label``
+        (the statement) at DEBUG."""
+        self.uncacheable += 1
+        reasons = self.reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
+        if label is not None and label not in self._logged and log.isEnabledFor(logging.DEBUG):
+            if len(self._logged) >= _LOGGED_LIMIT:
+                self._logged.clear()
+            self._logged.add(label)
+            log.debug("not cached (%s): %s", REASONS.get(reason, reason), label)
+
+    def tables_invalidated(self, tables: frozenset[str] | set[str]) -> None:
+        counts = self.table_invalidations
+        for table in tables:
+            counts[table] = counts.get(table, 0) + 1
 
     def hit(self, seconds: float) -> None:
         self.hits += 1
@@ -132,6 +223,7 @@ class StatsRecorder:
     def snapshot(self) -> CacheStats:
         with self._lock:
             samples = sorted(self._samples)
+        groups = self._group_fields()
 
         def pct(p: float) -> float:
             if not samples:
@@ -150,7 +242,38 @@ class StatsRecorder:
             latency_p95_ms=pct(0.95),
             latency_p99_ms=pct(0.99),
             lock_waits=self.lock_waits,
+            uncacheable_by_reason=dict(self.reasons),
+            by_table=groups_from_fields(groups[0], "table"),
+            by_region=groups_from_fields(groups[0], "region"),
         )
+
+    def _group_fields(self, since: bool = False) -> tuple[dict[str, int], list[Any]]:
+        """Per-table and per-region fields (as in the shared hash) of every tally and of the
+        table invalidations; with ``since``, only what was not flushed yet.  Also the tallies'
+        current values, for the commit of a drain."""
+        fields: dict[str, int] = {}
+        marks: list[Any] = []
+        for tally in list(self.by_group.values()):
+            current = tally.current()
+            base = tally.flushed if since else (0, 0, 0, 0)
+            marks.append((tally, base, current))
+            deltas = [c - b for c, b in zip(current, base, strict=True)]
+            if not any(deltas):
+                continue
+            for name, delta in zip(("hits", "misses", "bypasses", "bytes"), deltas, strict=True):
+                if not delta:
+                    continue
+                region = f"region:{name}:{tally.region}"
+                fields[region] = fields.get(region, 0) + delta
+                for table in tally.tables:
+                    field_name = f"table:{name}:{table}"
+                    fields[field_name] = fields.get(field_name, 0) + delta
+        done = self._drained_invalidated if since else {}
+        for table, count in list(self.table_invalidations.items()):
+            delta = count - done.get(table, 0)
+            if delta:
+                fields[f"table:invalidations:{table}"] = delta
+        return fields, marks
 
     def drain(self) -> tuple[dict[str, int], Callable[[], None]]:
         """Increments since the last committed drain, and a function that commits them.
@@ -164,14 +287,26 @@ class StatsRecorder:
             delta = {name: current[name] - base[name] for name in COUNTERS}
             fresh = max(0, min(delta["hits"], len(self._samples)))
             samples = list(self._samples)[len(self._samples) - fresh :] if fresh else []
+            reasons = dict(self.reasons)
+            invalidated = dict(self.table_invalidations)
+            reasons_base = self._drained_reasons
+            groups, marks = self._group_fields(since=True)
         for seconds in samples:
-            field = f"lat:{bisect.bisect_left(BUCKETS_MS, seconds * 1000.0)}"
-            delta[field] = delta.get(field, 0) + 1
+            name = f"lat:{bisect.bisect_left(BUCKETS_MS, seconds * 1000.0)}"
+            delta[name] = delta.get(name, 0) + 1
+        for reason, count in reasons.items():
+            delta[f"uncacheable:{reason}"] = count - reasons_base.get(reason, 0)
+        delta.update(groups)
 
         def commit() -> None:
             with self._lock:
                 if self._drained is base:
                     self._drained = current
+                    self._drained_reasons = reasons
+                    self._drained_invalidated = invalidated
+                    for tally, flushed, now in marks:
+                        if tally.flushed == flushed:
+                            tally.flushed = now
 
         return {k: v for k, v in delta.items() if v}, commit
 
@@ -189,6 +324,11 @@ class Observer:
 def stats_from_hash(fields: Mapping[Any, Any]) -> CacheStats:
     """A :class:`CacheStats` from the shared hash (percentiles are histogram bucket bounds)."""
     values = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in fields.items()}
+    reasons = {
+        name.partition(":")[2]: count
+        for name, count in values.items()
+        if name.startswith("uncacheable:") and count
+    }
     counts = [values.get(f"lat:{i}", 0) for i in range(len(BUCKETS_MS) + 1)]
     total = sum(counts)
 
@@ -207,6 +347,9 @@ def stats_from_hash(fields: Mapping[Any, Any]) -> CacheStats:
         latency_p50_ms=pct(0.50),
         latency_p95_ms=pct(0.95),
         latency_p99_ms=pct(0.99),
+        uncacheable_by_reason=reasons,
+        by_table=groups_from_fields(values, "table"),
+        by_region=groups_from_fields(values, "region"),
     )
 
 

@@ -32,7 +32,7 @@ _LOCKING = re.compile(r"\bFOR\s+(NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b",
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
     tables: frozenset[str]
-    #: None when cacheable, else why not
+    #: None when cacheable, else why not (a code of ``storage._stats.REASONS``)
     reason: str | None = None
 
 
@@ -59,7 +59,7 @@ def read_plan(context: Any) -> ReadPlan:
     """Tables read by the SELECT about to run in ``context`` (an execution context)."""
     compiled = context.compiled
     if compiled is None:
-        return ReadPlan(frozenset(), "not a compiled statement")
+        return ReadPlan(frozenset(), "not_compiled")
     translate = _translate_map(context)
     memo_key = tuple(sorted(translate.items(), key=repr)) if translate else None
     per_compiled = _read_memo.get(compiled)
@@ -78,7 +78,7 @@ def _analyse_read(
     compiled: Any, context: Any, translate: Mapping[str | None, str | None] | None
 ) -> ReadPlan:
     if context.isinsert or context.isupdate or context.isdelete or context.isddl:
-        return ReadPlan(frozenset(), "not a SELECT")
+        return ReadPlan(frozenset(), "not_a_select")
     roots = [compiled.statement]
     final = final_statement(compiled)
     if final is not None and final is not compiled.statement:
@@ -86,7 +86,7 @@ def _analyse_read(
     if _LOCKING.search(compiled.string) or any(
         locks_rows(root) for root in roots
     ):  # the second test also catches dialects that render no lock (SQLite)
-        return ReadPlan(frozenset(), "locking read (FOR UPDATE / FOR SHARE)")
+        return ReadPlan(frozenset(), "locking_read")
     tables: set[str] = set()
     has_text = False
     for root in roots:
@@ -96,11 +96,11 @@ def _analyse_read(
             elif isinstance(element, TextClause | TextualSelect):
                 has_text = True
             elif isinstance(element, UpdateBase):
-                return ReadPlan(frozenset(), "data-modifying CTE")
+                return ReadPlan(frozenset(), "data_modifying_cte")
     if has_text:
-        return ReadPlan(frozenset(tables), "text() fragment: dependencies unknown")
+        return ReadPlan(frozenset(tables), "text_fragment")
     if not tables:
-        return ReadPlan(frozenset(), "reads no table")
+        return ReadPlan(frozenset(), "reads_no_table")
     return ReadPlan(frozenset(tables))
 
 

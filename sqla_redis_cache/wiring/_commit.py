@@ -146,13 +146,19 @@ class CommitPath:
     def run(self, plan: InvalidationPlan) -> bool:
         """Replace the plan's tokens and write its entries in one round trip; False (and the
         invalidation owed, retried in the background) when Redis failed."""
-        return self.versions.invalidate(
+        ok = self.versions.invalidate(
             plan.token_keys,
             plan.entries,
             pending=plan.pending,
             committed=plan.committed,
             expected=plan.expected,
         )
+        if ok and plan.committed is None:  # (a Core commit's end repeats its pending step)
+            prefix = self.keys.prefix + "t:"
+            tables = {key[len(prefix) :] for key in plan.token_keys if key.startswith(prefix)}
+            if tables:
+                self.versions.store.stats.tables_invalidated(tables)
+        return ok
 
     def invalidate(self, tables: Iterable[str] = (), tags: Iterable[str] = ()) -> bool:
         """Explicit invalidation, and writes under AUTOCOMMIT (already committed)."""

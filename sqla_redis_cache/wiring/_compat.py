@@ -31,8 +31,9 @@ internal                                            used by
 ``SQLCompiler.compile_state.statement``,            tables read, locking reads
 ``Select._for_update_arg``
 ``ORMExecuteState.load_options._refresh_state`` /   a plain ``session.get()`` the entity cache
-``._populate_existing``, ``Mapper._get_clause``,    may answer
-``Select._where_criteria``
+``._populate_existing``, ``Mapper._get_clause``,    may answer; refresh loads are left out of
+``Select._where_criteria``, the                     cache policies
+``_sa_orm_load_options`` execution option
 ``UOWTransaction.states``                           rows a flush wrote (write-through)
 ``InstanceState.committed_state``,                  committed values of a loaded object; a
 ``ClassManager.new_instance()``,                    detached instance built from cached values
@@ -88,6 +89,7 @@ __all__ = [
     "locks_rows",
     "new_instance",
     "populates_existing",
+    "refresh_load",
     "refreshes",
     "serve_cursor",
     "where_criteria",
@@ -198,6 +200,19 @@ def refreshes(orm_state: Any) -> bool:
 
 def populates_existing(orm_state: Any) -> bool:
     return bool(orm_state.load_options._populate_existing)
+
+
+#: the execution option in which the ORM hands its load options down to the execution context
+ORM_LOAD_OPTIONS = "_sa_orm_load_options"
+
+
+def refresh_load(context: Any) -> bool:
+    """True when the statement being executed is an ORM refresh load (``session.refresh()``,
+    ``populate_existing``), seen from the execution context."""
+    load_options = context.execution_options.get(ORM_LOAD_OPTIONS)
+    if load_options is None:
+        return False
+    return load_options._refresh_state is not None or bool(load_options._populate_existing)
 
 
 def get_clause(mapper: Mapper[Any]) -> tuple[Any, Mapping[Any, Any]]:

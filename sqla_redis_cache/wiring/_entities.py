@@ -40,7 +40,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.selectable import TableClause
 
 from ..io._ops import Set, Unlink
-from ..storage._codec import CorruptEntry, Unencodable
+from ..storage._codec import CorruptEntry, EntryTooLarge, Unencodable
 from ..storage._keys import UnkeyableParameter, fingerprint_parameters
 from ..storage._store import FAILED
 from ..storage._versions import Versions
@@ -202,8 +202,10 @@ class Entities:
     def seal(self, stamps: bytes, mapper: Mapper[Any], row: dict[str, Any]) -> bytes | None:
         try:
             return self.codec.seal(stamps, [_class_path(mapper.class_), row])
-        except Unencodable:
-            self.stats.uncacheable += 1
+        except Unencodable as exc:
+            self.stats.refused(
+                "entry_too_large" if isinstance(exc, EntryTooLarge) else "unencodable_value"
+            )
             return None
 
     @staticmethod

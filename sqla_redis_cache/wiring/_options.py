@@ -1,11 +1,13 @@
-"""``cached()``: the ORM option a statement opts in with, and what it carries to the store.
+"""``cached()`` / ``uncached()``: the ORM options a statement opts in or out with, and what
+``cached()`` carries to the store.
 
 The option is a :class:`~sqlalchemy.orm.UserDefinedOption`, so SQLAlchemy leaves it out of the
 statement's compiled-cache key (adding it never forces a recompile) and hands it to the
 ``do_orm_execute`` hook, which turns it into a :class:`CacheDirective` execution option.  The
 directive then travels with the execution down to the cursor, where the real work happens, after
 the session's autoflush has run.  ``propagate_to_loaders`` carries it to lazy and eager loads of
-objects the statement returns.
+objects the statement returns.  ``uncached()`` marks a statement that must run uncached
+whatever policy ``attach(..., default=..., tables=...)`` set (``_policy``); it carries nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +49,25 @@ class CachedOption(UserDefinedOption):
 
     def __repr__(self) -> str:
         return f"cached({self.payload!r})"
+
+
+class UncachedOption(UserDefinedOption):
+    """Marks a statement as never cached; build it with :func:`uncached`."""
+
+    __slots__ = ()
+    propagate_to_loaders = True
+
+    def __repr__(self) -> str:
+        return "uncached()"
+
+
+def uncached() -> UncachedOption:
+    """Run this SELECT uncached, whatever the cache policy of its session or engine says.
+
+    Like ``cached()``, it also applies to the lazy and eager loads of the objects the
+    statement returns.
+    """
+    return UncachedOption()
 
 
 def cached(

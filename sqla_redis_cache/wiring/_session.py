@@ -1,10 +1,11 @@
 """Session wiring: the ``cached()`` option, the connections of a transaction, and its commit.
 
-``do_orm_execute`` only translates the ``cached()`` option into an execution option; it never
-answers a query itself, so SQLAlchemy's autoflush, loader options and result handling run as
-usual and the cursor-level hook (``_reads``) decides hit or miss with full knowledge of the
-transaction's writes.  The one exception is a plain ``session.get(cls, pk, options=[cached()])``,
-which the entity cache (``_entities``) may answer under the conditions it documents.
+``do_orm_execute`` only translates the ``cached()`` option, or else the policy of the session's
+attach target (``_policy``), into an execution option; it never answers a query itself, so
+SQLAlchemy's autoflush, loader options and result handling run as usual and the cursor-level
+hook (``_reads``) decides hit or miss with full knowledge of the transaction's writes. The one
+exception is a plain ``session.get(cls, pk, options=[cached()])``, which the entity cache
+(``_entities``) may answer under the conditions it documents.
 
 ``after_begin`` notes each connection a session transaction uses and marks it as driven by a
 session, so that the Core commit steps (``_commit``) leave its commit to the session; it also
@@ -28,9 +29,12 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from ._commit import CommitPath
+from ._compat import populates_existing, refreshes
 from ._entities import Entities
+from ._explain import UNCACHED, ExplainOption, ExplainRequest
 from ._listeners import Listeners
-from ._options import SESSION_WIRED, CachedOption
+from ._options import SESSION_WIRED, CachedOption, UncachedOption
+from ._policy import Policies
 from ._transaction import CONNECTIONS, ConnectionKeys
 from ._write_through import WriteThrough
 
@@ -47,8 +51,10 @@ class SessionHooks(Listeners):
         write_through: WriteThrough,
         commit_path: CommitPath,
         engine_met: Callable[[Engine], object],
+        policies: Policies,
     ) -> None:
         self.option_key = option_key
+        self.policies = policies
         self.k = conn_keys
         self.entities = entities
         self.write_through = write_through
@@ -58,8 +64,11 @@ class SessionHooks(Listeners):
     def do_orm_execute(self, state: Any) -> Any:
         if not state.is_select:
             return None
-        for option in state.user_defined_options:
+        options = state.user_defined_options
+        for option in options:
             if isinstance(option, CachedOption):
+                if len(options) > 1 and self._explain(state, options):
+                    return None
                 served = self.entities.try_get(state, option)  # session.get()
                 if served is not None:
                     return served
@@ -67,7 +76,42 @@ class SessionHooks(Listeners):
                     **{self.option_key: option.payload, SESSION_WIRED: True}
                 )
                 return None
+            if isinstance(option, UncachedOption | ExplainOption):
+                self._explain(state, options)
+                return None
+        policy = self._policy(state)
+        if policy is not None:
+            state.update_execution_options(**{self.option_key: policy, SESSION_WIRED: True})
         return None
+
+    def _policy(self, state: Any) -> Any:
+        policies = self.policies
+        if not policies.sessions:
+            return None
+        policy = policies.for_session(state.session)
+        if policy is None or refreshes(state) or populates_existing(state):
+            return None
+        return policy
+
+    def _explain(self, state: Any, options: list[Any]) -> bool:
+        """``QueryCache.explain``: hand down what the options or the policy chose for the
+        statement, in place of its directive; False when it is not being explained."""
+        if not any(isinstance(option, ExplainOption) for option in options):
+            return False
+        request = ExplainRequest(None, "no cached() option, and no policy of the session")
+        for option in options:
+            if isinstance(option, CachedOption):
+                request = ExplainRequest(option.payload, "cached() option")
+                break
+            if isinstance(option, UncachedOption):
+                request = ExplainRequest(UNCACHED, "uncached() option")
+                break
+        else:
+            policy = self._policy(state)
+            if policy is not None:
+                request = ExplainRequest(policy, "policy of the session")
+        state.update_execution_options(**{self.option_key: request, SESSION_WIRED: True})
+        return True
 
     def after_begin(self, session: Any, transaction: Any, connection: Any) -> None:
         info = session.info

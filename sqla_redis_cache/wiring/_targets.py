@@ -1,13 +1,16 @@
 """What ``attach()`` may be given, and the engines behind it.
 
-``attach()`` takes a sessionmaker, a Session subclass, a Session or an Engine, or their asyncio
-counterparts.  The cache listens on synchronous objects only (SQLAlchemy runs an
-``AsyncSession``'s work on its synchronous session inside a greenlet), so an async target is
-turned into the synchronous object whose events serve it: an ``AsyncEngine``'s
-``sync_engine``, an ``AsyncSession``'s ``sync_session``, and for an ``async_sessionmaker`` a
-Session subclass of its own (listening on the global ``Session`` class would reach every
-session of the process).  The engine hooks are installed on the engines found here, and on
-engines met later in ``after_begin`` (``wiring._session``).
+``attach()`` takes a sessionmaker, a Session subclass, a Session, a ``scoped_session`` or an
+Engine, or their asyncio counterparts.  A ``scoped_session`` (Flask-SQLAlchemy's ``db.session``
+is one) stands for its ``session_factory``, the sessionmaker whose sessions it hands out.
+
+The cache listens on synchronous objects only (SQLAlchemy runs an ``AsyncSession``'s work on
+its synchronous session inside a greenlet), so an async target is turned into the synchronous
+object whose events serve it: an ``AsyncEngine``'s ``sync_engine``, an ``AsyncSession``'s
+``sync_session``, and for an ``async_sessionmaker`` a Session subclass of its own (listening on
+the global ``Session`` class would reach every session of the process). The engine hooks are
+installed on the engines found here, and on engines met later in ``after_begin``
+(``wiring._session``).
 
 The asyncio classes are imported only when an async target is given or asked about
 (``sqlalchemy.ext.asyncio`` is not needed by synchronous applications).
@@ -21,7 +24,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -44,6 +47,16 @@ def engines_of(target: Any) -> list[Engine]:
     if isinstance(target, Session):
         return engines_of_binds(target.bind)
     return []
+
+
+def unscoped(target: Any) -> Any:
+    """The session factory behind a ``scoped_session`` / ``async_scoped_session``."""
+    if isinstance(target, scoped_session):
+        return target.session_factory
+    extension = sys.modules.get("sqlalchemy.ext.asyncio")
+    if extension is not None and isinstance(target, extension.async_scoped_session):
+        return target.session_factory
+    return target
 
 
 def is_session_target(target: Any) -> bool:
