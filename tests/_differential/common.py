@@ -21,10 +21,6 @@ Params = dict[str, Any]
 #: ``SQLA_CACHE_DIFF_UNGATE=name,...`` (or ``all``) turns gates off for a run without editing.
 KNOWN_FAULTS: dict[str, str] = {
     # found by this test ----------------------------------------------------------------
-    "entity_published_at_savepoint_release": (
-        "Session after_commit also fires when a savepoint is released: the entities flushed "
-        "so far are written through then, before the outer transaction commits or rolls back"
-    ),
     "snapshot_first_read_from_cache": (
         "REPEATABLE READ / SERIALIZABLE: a first read served from the cache takes no snapshot; "
         "the snapshot starts at a later statement, so the transaction sees two states"
@@ -43,7 +39,6 @@ KNOWN_FAULTS: dict[str, str] = {
 
 
 WRITE_THROUGH = "entity_write_through_values"
-RELEASE_PUBLISHES = "entity_published_at_savepoint_release"
 
 
 def gated_faults() -> frozenset[str]:

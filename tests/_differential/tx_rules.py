@@ -20,7 +20,7 @@ from sqlalchemy.orm.util import identity_key
 
 from sqla_redis_cache import cached
 
-from .common import RELEASE_PUBLISHES, WRITE_THROUGH, plain
+from .common import WRITE_THROUGH, plain
 from .env import Frame, OpenTx, expected_failure, short
 from .reads import Extract, ReadShape
 
@@ -242,11 +242,6 @@ class TransactionRules(_Base):
         rollback = data.draw(st.booleans(), label="rollback")
         if rollback and frame.entity_flushed and WRITE_THROUGH in self.gates:
             rollback = False  # gated: write-through would publish the rolled-back flush
-        if not rollback and tx.entity_flushed and RELEASE_PUBLISHES in self.gates:
-            if frame.entity_flushed and WRITE_THROUGH in self.gates:
-                self.note(f"in {tx}: savepoint kept (both ways out are gated)")
-                return
-            rollback = True  # gated: releasing would write the tx's entities through now
         try:
             frame.handle.rollback() if rollback else frame.handle.commit()
         except Exception as exc:
