@@ -19,8 +19,9 @@ exactly what the database holds, and deleted rows are removed.  Only the hierarc
 process reads through the entity cache are written through; the others are only invalidated.
 
 ``session.get(cls, pk, options=[cached()])`` is answered here before any SQL when the session
-holds no pending changes, its transaction wrote none of those tables, the object is not in
-the identity map already, and no other loader options were given; a hit adds a clean
+holds no pending changes, its transaction wrote none of those tables and does not read from a
+snapshot (REPEATABLE READ / SERIALIZABLE, a SQLite transaction that began: ``_transaction``),
+the object is not in the identity map already, and no other loader options were given; a hit adds a clean
 persistent object to the session (no ``load`` event fires for it).  A miss loads from the
 database and stores the row with the tokens read before the query.  Values the codec cannot
 store (or rows with unloaded, server-generated columns) are simply not cached.
@@ -51,7 +52,7 @@ from ._entity_get import primary_key_get, schema_map
 from ._identity import entity_engine_id
 from ._options import SESSION_WIRED, CachedOption
 from ._runtime_settings import tainted
-from ._transaction import ConnectionKeys, transaction_blocks
+from ._transaction import ConnectionKeys, bind_reads_snapshot, transaction_blocks
 
 if TYPE_CHECKING:
     from ..storage import Storage
@@ -259,7 +260,7 @@ class Entities:
             return None
         bind = session.get_bind(mapper)
         engine = bind.engine
-        if tainted(engine):
+        if tainted(engine) or bind_reads_snapshot(bind):
             return None
         translate = orm_state.execution_options.get("schema_translate_map") or schema_map(bind)
         try:
