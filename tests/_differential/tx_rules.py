@@ -34,24 +34,7 @@ class TransactionRules(_Base):
     """Rules on open transactions; mixed into :class:`~.machine.DifferentialMachine`."""
 
     def readable(self) -> list[OpenTx]:
-        return [t for t in self.active() if t.session is not None and not self.wal_gated(t)]
-
-    def wal_gated(self, tx: OpenTx) -> bool:
-        """Gate of "sqlite_wal_snapshot": the transaction's snapshot predates a commit."""
-        since = tx.sqlite_since
-        return since is not None and self.commits > since and "sqlite_wal_snapshot" in self.gates
-
-    def observe(self, tx: OpenTx) -> None:
-        """Note when SQLite really began the transaction (pysqlite BEGINs at the first DML,
-        SQLite itself at a SAVEPOINT); others can commit later only if it holds no write."""
-        if self.dialect != "sqlite":
-            return
-        conn = tx.session.connection() if tx.session is not None else tx.conn
-        assert conn is not None
-        if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-            tx.sqlite_since = None
-        elif tx.sqlite_since is None:
-            tx.sqlite_since = self.commits
+        return [t for t in self.active() if t.session is not None]
 
     @precondition(lambda self: bool(self.readable()))
     @rule(data=st.data())
@@ -85,7 +68,6 @@ class TransactionRules(_Base):
         self.read_in(tx, data, shape, p)
         if tx in self.txs and not self.sqlite_locked():
             self.write(data)
-            self.observe(tx)
             if tx in self.readable():
                 self.read_in(tx, data, shape, p)
 
@@ -162,9 +144,6 @@ class TransactionRules(_Base):
                 elif tx.isolation:
                     s.connection(execution_options={"isolation_level": tx.isolation})
                 tx.pinned = not tx.isolation
-                if tx.isolation and "snapshot_first_read_from_cache" in self.gates:
-                    s.execute(text("SELECT 1"))  # gated: take the snapshot before any read
-                    tx.pinned = True
         self.txs.append(tx)
         self.note(f"open {tx}")
         recent = [(s, p) for s, p in self.recent.values() if s in self.tx_shapes]
@@ -221,11 +200,6 @@ class TransactionRules(_Base):
     def tx_savepoint(self, data: st.DataObject) -> None:
         tx = data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2]))
         self.pin(tx)
-        if self.dialect == "sqlite" and "sqlite_savepoint_release_commits" in self.gates:
-            conn = tx.session.connection() if tx.session is not None else tx.conn
-            if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-                self.note(f"in {tx}: SAVEPOINT skipped (gated: no BEGIN yet)")
-                return
         try:  # a Session flushes pending changes first
             handle = tx.session.begin_nested() if tx.session else tx.conn.begin_nested()  # type: ignore[union-attr]
         except Exception as exc:
