@@ -344,14 +344,16 @@ def _savepoint_problems(engine: Engine) -> list[str]:
     its connection is in a transaction."""
     seen: list[bool] = []
     with Session(engine) as session:
-        sqlalchemy.event.listen(session, "after_commit", lambda s: seen.append(releases_savepoint(s)))
+        sqlalchemy.event.listen(
+            session, "after_commit", lambda s: seen.append(releases_savepoint(s))
+        )
         session.begin_nested().commit()
         session.commit()
         raw = session.connection().connection.dbapi_connection
         session.connection().exec_driver_sql("BEGIN")
         began = sqlite_in_transaction(raw)
         session.rollback()
-    problems = []
+    problems: list[str] = []
     if seen != [True, False]:
         problems.append(f"Session after_commit at a savepoint's release ({seen})")
     if began is not True:

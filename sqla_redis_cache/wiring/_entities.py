@@ -21,10 +21,10 @@ process reads through the entity cache are written through; the others are only 
 ``session.get(cls, pk, options=[cached()])`` is answered here before any SQL when the session
 holds no pending changes, its transaction wrote none of those tables and does not read from a
 snapshot (REPEATABLE READ / SERIALIZABLE, a SQLite transaction that began: ``_transaction``),
-the object is not in the identity map already, and no other loader options were given; a hit adds a clean
-persistent object to the session (no ``load`` event fires for it).  A miss loads from the
-database and stores the row with the tokens read before the query.  Values the codec cannot
-store (or rows with unloaded, server-generated columns) are simply not cached.
+the object is not in the identity map already, and no other loader options were given; a hit
+adds a clean persistent object to the session (no ``load`` event fires for it).  A miss loads
+from the database and stores the row with the tokens read before the query.  Values the codec
+cannot store (or rows with unloaded, server-generated columns) are simply not cached.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ transaction: DDL pysqlite runs without a ``BEGIN``, DML under the driver's own a
 the ``RELEASE`` of a ``SAVEPOINT`` that began the transaction (no ``BEGIN`` before it: pysqlite
 begins only before DML, and SQLite begins one at a ``SAVEPOINT`` and commits it at its
 ``RELEASE``), which commits every write noted before it: those are invalidated then, as the
-statement returns, whatever the outer transaction does next.  Otherwise reads of those tables on that connection bypass the cache until
-the transaction ends, so a transaction sees its own writes and nothing uncommitted is stored.
+statement returns, whatever the outer transaction does next.  Otherwise reads of those tables
+on that connection bypass the cache until the transaction ends, so a transaction sees its own
+writes and nothing uncommitted is stored.
 The tables that declared ``invalidates`` rules add (``_write_rules``: what triggers write) count
 as written from the same statement on, not only at commit.  The connection's ``commit`` event
 (``_commit``) hands the set over to the commit path.
