@@ -39,7 +39,8 @@ internal                                            used by
 ``ClassManager.new_instance()``,                    detached instance built from cached values
 ``NO_VALUE`` / ``NEVER_SET``
 ``Pool._creator`` closure (``cargs``/``cparams``)   the database identity of an engine
-``Dialect.isolation_level``                         snapshot isolation set on the engine
+``Dialect.isolation_level``,                        snapshot isolation set on the engine, or
+``Dialect.default_isolation_level``                 the database's default
 ``SimpleResultMetaData``                            the result of an entity-cache hit
 ``Session.in_nested_transaction()`` during a        a savepoint's release is no commit: nothing
 savepoint's ``after_commit`` (behaviour)            is invalidated or written through then
@@ -84,6 +85,7 @@ __all__ = [
     "committed_state",
     "concurrency",
     "connect_parameters",
+    "default_isolation_level",
     "engine_isolation_level",
     "final_statement",
     "flushed_states",
@@ -128,6 +130,13 @@ def is_autocommit(conn: Connection) -> bool:
 def engine_isolation_level(dialect: Any) -> str | None:
     """The isolation level given to ``create_engine(isolation_level=...)``, if any."""
     level: str | None = dialect.isolation_level
+    return level
+
+
+def default_isolation_level(dialect: Any) -> str | None:
+    """The database's default isolation level, which SQLAlchemy reads at an engine's first
+    connection (None before it: the attribute does not exist yet)."""
+    level: str | None = getattr(dialect, "default_isolation_level", None)
     return level
 
 

@@ -52,7 +52,12 @@ from ._entity_get import primary_key_get, schema_map
 from ._identity import entity_engine_id
 from ._options import SESSION_WIRED, CachedOption
 from ._runtime_settings import tainted
-from ._transaction import ConnectionKeys, bind_reads_snapshot, transaction_blocks
+from ._transaction import (
+    ConnectionKeys,
+    bind_reads_snapshot,
+    reads_snapshot,
+    transaction_blocks,
+)
 
 if TYPE_CHECKING:
     from ..storage import Storage
@@ -260,7 +265,12 @@ class Entities:
             return None
         bind = session.get_bind(mapper)
         engine = bind.engine
-        if tainted(engine) or bind_reads_snapshot(bind):
+        if tainted(engine):
+            return None
+        snapshot = bind_reads_snapshot(bind)
+        if snapshot is None:  # the engine's first use: its connection tells the database's level
+            snapshot = reads_snapshot(session.connection(bind_arguments={"mapper": mapper}))
+        if snapshot:
             return None
         translate = orm_state.execution_options.get("schema_translate_map") or schema_map(bind)
         try:

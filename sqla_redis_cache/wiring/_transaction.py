@@ -42,7 +42,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ._compat import engine_isolation_level, sqlite_in_transaction
+from ._compat import default_isolation_level, engine_isolation_level, sqlite_in_transaction
 from ._runtime_settings import STATE
 
 #: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
@@ -100,7 +100,7 @@ def snapshot_isolated(conn: Any) -> bool:
     level = (
         conn.get_execution_options().get("isolation_level")
         or engine_isolation_level(dialect)
-        or dialect.default_isolation_level
+        or default_isolation_level(dialect)
     )
     return level in _SNAPSHOT_LEVELS
 
@@ -117,10 +117,10 @@ def reads_snapshot(conn: Any) -> bool:
     return sqlite_in_transaction(conn.connection.dbapi_connection) is not False
 
 
-def bind_reads_snapshot(bind: Any) -> bool:
+def bind_reads_snapshot(bind: Any) -> bool | None:
     """:func:`reads_snapshot` for a Session's bind before it has a connection: for an engine,
-    whether the transactions it begins are snapshot-isolated (unknown before its first
-    connection: assumed so)."""
+    whether the transactions it begins are snapshot-isolated; None when that is unknown (the
+    database's default level is read at the engine's first connection)."""
     if isinstance(bind, Connection):
         return not bind.closed and reads_snapshot(bind)
     dialect = bind.dialect
@@ -129,9 +129,9 @@ def bind_reads_snapshot(bind: Any) -> bool:
     level = (
         bind.get_execution_options().get("isolation_level")
         or engine_isolation_level(dialect)
-        or dialect.default_isolation_level
+        or default_isolation_level(dialect)
     )
-    return level is None or level in _SNAPSHOT_LEVELS
+    return None if level is None else level in _SNAPSHOT_LEVELS
 
 
 def transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
