@@ -19,9 +19,9 @@ after the session's autoflush, with the final SQL string and DBAPI parameters.
    and the tags declared rules add), when the connection changed its session settings at run
    time (``_runtime_settings``), or when the transaction reads from a snapshot
    (``_transaction.reads_snapshot``: REPEATABLE READ / SERIALIZABLE, from its first statement
-   on; a SQLite transaction that has begun at the database): its snapshot may be older than
-   the version tokens read now, so it must not store it under them, and a first read served
-   from the cache would leave the snapshot to a later statement (two states in one
+   on; a SQLite transaction that has begun at the database and not written): its snapshot may
+   be older than the version tokens read now, so it must not store it under them, and a first
+   read served from the cache would leave the snapshot to a later statement (two states in one
    transaction).
 3. The key: the database identity of the connection (``_identity``), the SQL and parameters.
 4. ``storage._reader``: one round trip; a hit swaps the execution context's cursor for a
@@ -286,7 +286,7 @@ class ReadHooks(Listeners):
             return self._bypass(
                 "session_settings", tally, explaining, directive, tables, statement, parameters
             )
-        if reads_snapshot(conn):
+        if reads_snapshot(conn, bool(written)):
             return self._bypass(
                 "snapshot", tally, explaining, directive, tables, statement, parameters
             )

@@ -30,9 +30,9 @@ anything committed in between).  Bypassed, the first read takes the snapshot as 
 without the cache.  A SQLite transaction that has begun at the database (pysqlite and
 aiosqlite begin before the first DML; a ``BEGIN`` or a ``SAVEPOINT`` begins one at once) reads
 a snapshot too: in WAL mode other connections commit meanwhile and it keeps seeing what it
-first read, so its reads bypass as well until it ends.  (One that has written holds SQLite's
-only write lock, so nothing else commits meanwhile; the bypass costs it hits on the tables it
-did not write, and keeps the rule simple.)
+first read, so its reads bypass as well until it ends, or until it writes: a transaction
+that wrote holds SQLite's only write lock (in WAL mode, taking it fails if the snapshot is not
+the latest), so nothing commits meanwhile and its reads of other tables are as fresh as any.
 """
 
 from __future__ import annotations
@@ -105,14 +105,17 @@ def snapshot_isolated(conn: Any) -> bool:
     return level in _SNAPSHOT_LEVELS
 
 
-def reads_snapshot(conn: Any) -> bool:
+def reads_snapshot(conn: Any, wrote: bool = False) -> bool:
     """True when reads on ``conn``'s transaction must not be served from the cache: it runs
     under snapshot isolation (before its first statement too), or it is a SQLite transaction
-    that has begun at the database (see the module docstring)."""
+    that has begun at the database and has not written (``wrote``: then it holds SQLite's only
+    write lock, its snapshot is the latest and stays so; see the module docstring)."""
     if snapshot_isolated(conn):
         return True
-    if conn.dialect.name != "sqlite":
+    if wrote or conn.dialect.name != "sqlite":
         return False
+    if conn.invalidated:
+        return True
     # a driver that does not say: assume it began (bypass) rather than risk two states
     return sqlite_in_transaction(conn.connection.dbapi_connection) is not False
 
