@@ -163,7 +163,9 @@ class TransactionRules(_Base):
     @precondition(lambda self: bool(self.active()))
     @rule(data=st.data())
     def tx_write(self, data: st.DataObject) -> None:
-        tx = self.draw_tx(data)
+        self.write_in(self.draw_tx(data), data)
+
+    def write_in(self, tx: OpenTx, data: st.DataObject) -> None:
         kinds = {"core"} if tx.session is None else {"orm", "session", "core"}
         path = self.draw_path(data, kinds, tx)
         p = self.params(data, path)
@@ -198,22 +200,52 @@ class TransactionRules(_Base):
     @precondition(lambda self: any(len(t.frames) < 2 for t in self.active()))
     @rule(data=st.data())
     def tx_savepoint(self, data: st.DataObject) -> None:
-        tx = data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2]))
+        self.savepoint(data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2])))
+
+    def savepoint(self, tx: OpenTx) -> bool:
         self.pin(tx)
         try:  # a Session flushes pending changes first
             handle = tx.session.begin_nested() if tx.session else tx.conn.begin_nested()  # type: ignore[union-attr]
         except Exception as exc:
             self.failed(tx, "SAVEPOINT", exc)
-            return
+            return False
         tx.frames.append(Frame(handle))
         self.note(f"in {tx}: SAVEPOINT (depth {len(tx.frames)})")
+        return True
+
+    @precondition(lambda self: any(len(t.frames) < 2 for t in self.active()))
+    @rule(data=st.data())
+    def tx_savepoint_round(self, data: st.DataObject) -> None:
+        """SAVEPOINT, a write (flushed), RELEASE or ROLLBACK TO, then reads inside the
+        transaction and outside: a released savepoint is committed by nothing but the
+        outermost commit (SQLite: unless it began the transaction), a rolled-back one never."""
+        tx = data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2]))
+        if not self.savepoint(tx):
+            return
+        self.write_in(tx, data)
+        if tx not in self.txs or not tx.frames:
+            return
+        if tx.session is not None:
+            try:
+                tx.session.flush()
+            except Exception as exc:
+                self.failed(tx, "flush", exc)
+                return
+        self.end_savepoint(tx, data.draw(st.booleans(), label="rollback"))
+        recent = [(s, p) for s, p in self.recent.values() if s in self.tx_shapes]
+        if recent and tx in self.readable():
+            shape, p = data.draw(st.sampled_from(recent), label="recent")
+            self.read_in(tx, data, shape, p)
+        self.check_recent(2, canaries=False)
 
     @precondition(lambda self: any(t.frames for t in self.active()))
     @rule(data=st.data())
     def tx_end_savepoint(self, data: st.DataObject) -> None:
         tx = data.draw(st.sampled_from([t for t in self.active() if t.frames]), label="tx")
+        self.end_savepoint(tx, data.draw(st.booleans(), label="rollback"))
+
+    def end_savepoint(self, tx: OpenTx, rollback: bool) -> None:
         frame = tx.frames[-1]
-        rollback = data.draw(st.booleans(), label="rollback")
         if rollback and frame.entity_flushed and WRITE_THROUGH in self.gates:
             rollback = False  # gated: write-through would publish the rolled-back flush
         try:
