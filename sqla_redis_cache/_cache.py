@@ -29,6 +29,7 @@ from .storage import Storage
 from .storage._stats import CacheStats, StatsFlusher
 from .wiring import _compat
 from .wiring._attach import Wiring
+from .wiring._capture import LIVENESS_TIMEOUT, ChangeCapture
 from .wiring._explain import Explanation
 
 T = TypeVar("T")
@@ -147,6 +148,27 @@ class QueryCache(AsyncAPI):
         if not self._wiring.commit_path.invalidate_everything():
             return -1
         return _generic.delete_namespace(self._storage)
+
+    def change_capture(
+        self, engine: Any, *, liveness_timeout: float = LIVENESS_TIMEOUT
+    ) -> ChangeCapture:
+        """Change capture from PostgreSQL: writes made outside the application (``psql``, a
+        migration, another service) invalidate this cache's entries too.
+
+        ``engine``: the application's PostgreSQL engine (or its URL; any driver, asyncio
+        included).  The result's ``install(tables=None)`` / ``uninstall(tables=None)`` manage
+        the triggers, ``start()`` / ``stop()`` a listener thread in this process, ``run()``
+        the same listener in the foreground (``sqla-redis-cache capture run``).  While no
+        listener of the namespace is alive, reads of captured tables run against the database;
+        ``liveness_timeout`` bounds how long a crashed listener goes unnoticed.  See
+        docs/capture.md.
+        """
+        return ChangeCapture(
+            self._storage,
+            self._wiring.commit_path,
+            engine,
+            liveness_timeout=liveness_timeout,
+        )
 
     # entities ------------------------------------------------------------------------------
     #
