@@ -17,7 +17,8 @@ TTL, so its liveness is part of every read of a captured table:
 
 :class:`CaptureGate` is the readers' side.  It keeps the captured set in process and reloads it
 about once a second by adding the tables key to a lookup's existing ``MGET``; a lookup that
-reads a captured table adds the liveness key to the same ``MGET``.  No extra round trip: a
+reads a captured table adds the liveness key to the same ``MGET`` (the process's very first
+lookup loads the set on its own, once, before deciding).  No extra round trip: a
 missing liveness key makes the lookup a bypass (the query runs against the database and
 nothing is stored).  A missing tables key (evicted, never written) keeps what the process knew:
 it never un-captures a table by itself; ``uninstall`` writes the shrunken set explicitly.
@@ -65,7 +66,7 @@ def decode_tables(value: bytes | None) -> frozenset[str] | None:
 class CaptureGate:
     """What this process's readers know of change capture (see the module docstring)."""
 
-    __slots__ = ("_next", "generation", "live_key", "refresh", "tables", "tables_key")
+    __slots__ = ("_next", "generation", "live_key", "primed", "refresh", "tables", "tables_key")
 
     def __init__(self, keys: KeyBuilder, refresh: float = TABLES_REFRESH) -> None:
         self.live_key = keys.prefix + "capture:live"
@@ -75,7 +76,16 @@ class CaptureGate:
         self.tables: frozenset[str] = frozenset()
         #: changes with :attr:`tables` (memoised decisions of the read path check it)
         self.generation = 0
+        #: the set was loaded once: until then a lookup cannot know what needs a listener
+        self.primed = False
         self._next = 0.0
+
+    def prime(self, store: Store) -> None:
+        """The process's first lookup loads the captured set before deciding anything: one
+        round trip, once (afterwards the set rides along lookups)."""
+        values = store.get_many([self.tables_key])
+        if values is not FAILED:
+            self.loaded(values[0])
 
     def due(self) -> bool:
         """True when the next lookup should reload the captured set with its ``MGET``."""
@@ -84,6 +94,7 @@ class CaptureGate:
     def loaded(self, value: bytes | None) -> None:
         """The value of the tables key, read along a lookup."""
         self._next = time.monotonic() + self.refresh
+        self.primed = True
         tables = decode_tables(value)
         if tables is not None and tables != self.tables:
             self.tables = tables

@@ -120,6 +120,8 @@ class ChangeCapture:
         self.interval = liveness_timeout / 4
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: the thread running :meth:`run` in the foreground
+        self._runner: int | None = None
         self._syncs: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         #: the captured tables as the cache names them, and the default schema
@@ -177,8 +179,13 @@ class ChangeCapture:
             raise ConfigurationError("change capture: the listener did not start in time")
 
     def stop(self) -> None:
-        """Stop the listener; the reads of captured tables stop being served at once."""
+        """Stop the listener; the reads of captured tables stop being served at once.
+
+        From a signal handler interrupting :meth:`run` it only asks the loop to end (the loop
+        retires the liveness key on its way out)."""
         self._stop.set()
+        if self._runner == threading.get_ident():
+            return
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(10.0)
@@ -190,7 +197,11 @@ class ChangeCapture:
         thread).  Raises :class:`ConfigurationError` when the first connection fails."""
         self._stop.clear()
         failure: list[BaseException] = []
-        self._serve(on_ready or (lambda: None), failure)
+        self._runner = threading.get_ident()
+        try:
+            self._serve(on_ready or (lambda: None), failure)
+        finally:
+            self._runner = None
         if failure:
             raise failure[0]
 
@@ -314,11 +325,12 @@ class ChangeCapture:
     def _drain(self, conn: Any) -> Batch:
         batch = Batch()
         notifies = conn.notifies
-        while notifies:
-            note = notifies.pop(0)
+        received = len(notifies)
+        for note in notifies[:received]:
             if note.channel == ddl.CHANNEL:
                 batch.add(note.payload)
-        self.notifications += len(batch.tables) + len(batch.syncs)
+        del notifies[:received]
+        self.notifications += received
         return batch
 
     def _deliver(self, batch: Batch) -> bool:

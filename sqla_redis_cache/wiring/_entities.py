@@ -169,9 +169,13 @@ class Entities:
         deps = self.deps(hierarchy, translate)
         if self.versions.owes and not self.versions.settle():
             return key, deps, None, None, mapper
-        tables = hierarchy.tables_for(translate)
-        live = self.capture.live_key_for(frozenset(tables)) if self.capture.tables else None
-        values, alive = self.capture.get_many(self.store, [key, *deps], live)
+        capture = self.capture
+        if not capture.primed:
+            capture.prime(self.store)
+        live = None
+        if capture.tables:
+            live = capture.live_key_for(frozenset(hierarchy.tables_for(translate)))
+        values, alive = capture.get_many(self.store, [key, *deps], live)
         if values is FAILED or not alive:  # no listener: from the database, nothing stored
             return key, deps, None, None, mapper
         entry = values[0]

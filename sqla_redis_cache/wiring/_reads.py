@@ -350,6 +350,8 @@ class ReadHooks(Listeners):
         memo = (tables, tags, region)
         found = self._deps.get(memo)
         capture = self.capture
+        if capture is not None and not capture.primed:
+            capture.prime(self.reader.store)
         generation = 0 if capture is None else capture.generation
         if found is None or found[3] != generation:
             if len(self._deps) > 4096:
