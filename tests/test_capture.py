@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from sqla_redis_cache import ChangeCapture, ConfigurationError, QueryCache, cached
 from sqla_redis_cache.wiring import _capture_ddl as ddl
@@ -206,16 +206,19 @@ def test_entity_get_bypasses_without_listener(app: App, outside: Engine) -> None
     class Item(Base):
         __table__ = item
 
+    factory = sessionmaker(app.engine)
+    app.cache.attach(factory)  # session.get(cached()) through the entity cache
+
     def get() -> str:
-        with Session(app.engine) as session:
+        with factory() as session:
             obj = session.get(Item, 1, options=[cached()])
             assert obj is not None
             return str(obj.v)
 
     app.capture.start()
     assert get() == "a" and get() == "a"
-    hits = app.cache.stats().hits
-    assert hits >= 1
+    assert app.cache.stats().hits == 1
+    assert _redis(app).keys(f"{app.cache.config.namespace}:e:*")  # an entity entry
     app.capture.stop()
     write(outside, "entity")
     assert get() == "entity"
