@@ -133,16 +133,25 @@ class ChangeCapture:
 
     # DDL -----------------------------------------------------------------------------------
 
-    def install(self, tables: Iterable[str] | None = None) -> list[str]:
+    def install(
+        self, tables: Iterable[str] | None = None, *, connection: Any = None
+    ) -> list[str]:
         """Put the capture trigger on ``tables`` (None: every table of the default schema);
-        idempotent.  Returns the captured tables."""
-        found, schema = ddl.install(self.engine, None if tables is None else list(tables))
+        idempotent.  Returns the captured tables.  ``connection``: run the DDL in that
+        connection's transaction (e.g. ``op.get_bind()`` in an alembic migration)."""
+        found, schema = ddl.install(
+            self.engine, None if tables is None else list(tables), connection
+        )
         return self._published(found, schema)
 
-    def uninstall(self, tables: Iterable[str] | None = None) -> list[str]:
+    def uninstall(
+        self, tables: Iterable[str] | None = None, *, connection: Any = None
+    ) -> list[str]:
         """Remove what :meth:`install` created on ``tables`` (None: everywhere), and the
         function once no trigger uses it.  Returns the tables still captured."""
-        found, schema = ddl.uninstall(self.engine, None if tables is None else list(tables))
+        found, schema = ddl.uninstall(
+            self.engine, None if tables is None else list(tables), connection
+        )
         return self._published(found, schema)
 
     def _published(self, found: list[tuple[str, str]], schema: str) -> list[str]:

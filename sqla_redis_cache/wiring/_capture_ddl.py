@@ -184,54 +184,73 @@ def _ddl_error(action: str, error: exc.DBAPIError) -> ConfigurationError:
     return ConfigurationError(f"change capture {action}: {one_line(error)}")
 
 
-def install(engine: Engine, tables: Iterable[str] | None) -> tuple[list[tuple[str, str]], str]:
-    """Create the function and the triggers (idempotent); (captured tables, default schema)."""
+def install(
+    engine: Engine, tables: Iterable[str] | None, connection: Connection | None = None
+) -> tuple[list[tuple[str, str]], str]:
+    """Create the function and the triggers (idempotent); (captured tables, default schema).
+    ``connection``: run in that connection's transaction (a migration's), not one of our own."""
     try:
+        if connection is not None:
+            return _install(connection, tables)
         with engine.begin() as conn:
-            schema = default_schema(conn)
-            if tables is None:
-                targets = _schema_tables(conn, schema)
-            else:
-                targets = [_relation(conn, schema, name) for name in tables]
-            conn.exec_driver_sql(_function_sql(conn, schema))
-            function = f"{_quote(conn, schema)}.{FUNCTION}"
-            conn.exec_driver_sql(f"COMMENT ON FUNCTION {function}() IS '{MARKER}'")
-            for table_schema, table in targets:
-                target = f"{_quote(conn, table_schema)}.{_quote(conn, table)}"
-                conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {target}")
-                conn.exec_driver_sql(
-                    f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE"
-                    f" ON {target} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-                )
-            return captured(conn), schema
+            return _install(conn, tables)
     except exc.DBAPIError as error:
         raise _ddl_error("install", error) from None
 
 
-def uninstall(engine: Engine, tables: Iterable[str] | None) -> tuple[list[tuple[str, str]], str]:
+def _install(conn: Connection, tables: Iterable[str] | None) -> tuple[list[tuple[str, str]], str]:
+    schema = default_schema(conn)
+    if tables is None:
+        targets = _schema_tables(conn, schema)
+    else:
+        targets = [_relation(conn, schema, name) for name in tables]
+    conn.exec_driver_sql(_function_sql(conn, schema))
+    function = f"{_quote(conn, schema)}.{FUNCTION}"
+    conn.exec_driver_sql(f"COMMENT ON FUNCTION {function}() IS '{MARKER}'")
+    for table_schema, table in targets:
+        target = f"{_quote(conn, table_schema)}.{_quote(conn, table)}"
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {target}")
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE"
+            f" ON {target} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        )
+    return captured(conn), schema
+
+
+def uninstall(
+    engine: Engine, tables: Iterable[str] | None, connection: Connection | None = None
+) -> tuple[list[tuple[str, str]], str]:
     """Drop the triggers of ``tables`` (None: all), and the function once no trigger uses it;
     (tables still captured, default schema)."""
     try:
+        if connection is not None:
+            return _uninstall(connection, tables)
         with engine.begin() as conn:
-            schema = default_schema(conn)
-            present = captured(conn)
-            if tables is None:
-                targets = present
-            else:
-                wanted = {_relation(conn, schema, name) for name in tables}
-                targets = [t for t in present if t in wanted]
-            for table_schema, table in targets:
-                target = f"{_quote(conn, table_schema)}.{_quote(conn, table)}"
-                conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {target}")
-            unused = conn.exec_driver_sql(
-                "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-                f" WHERE p.proname = '{FUNCTION}' AND obj_description(p.oid, 'pg_proc') ="
-                f" '{MARKER}' AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgfoid = p.oid)"
-            ).scalars()
-            for function_schema in list(unused):
-                conn.exec_driver_sql(
-                    f"DROP FUNCTION IF EXISTS {_quote(conn, str(function_schema))}.{FUNCTION}()"
-                )
-            return captured(conn), schema
+            return _uninstall(conn, tables)
     except exc.DBAPIError as error:
         raise _ddl_error("uninstall", error) from None
+
+
+def _uninstall(
+    conn: Connection, tables: Iterable[str] | None
+) -> tuple[list[tuple[str, str]], str]:
+    schema = default_schema(conn)
+    present = captured(conn)
+    if tables is None:
+        targets = present
+    else:
+        wanted = {_relation(conn, schema, name) for name in tables}
+        targets = [t for t in present if t in wanted]
+    for table_schema, table in targets:
+        target = f"{_quote(conn, table_schema)}.{_quote(conn, table)}"
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {target}")
+    unused = conn.exec_driver_sql(
+        "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        f" WHERE p.proname = '{FUNCTION}' AND obj_description(p.oid, 'pg_proc') ="
+        f" '{MARKER}' AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgfoid = p.oid)"
+    ).scalars()
+    for function_schema in list(unused):
+        conn.exec_driver_sql(
+            f"DROP FUNCTION IF EXISTS {_quote(conn, str(function_schema))}.{FUNCTION}()"
+        )
+    return captured(conn), schema
