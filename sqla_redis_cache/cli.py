@@ -69,6 +69,13 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 @click.option("--async", "use_async", is_flag=True, help="AsyncSession (asyncpg), with throughput.")
 @click.option("--concurrency", default=100, show_default=True, help="Coroutines (--async).")
 @click.option("--seconds", default=3.0, show_default=True, help="Throughput run (--async).")
+@click.option(
+    "--workload",
+    type=click.Choice(["queries", "capture"]),
+    default="queries",
+    show_default=True,
+    help="capture: change-capture lag (idle, 200 commits/s) and trigger cost per UPDATE.",
+)
 def bench(
     database_url: str,
     redis_url: str,
@@ -79,12 +86,15 @@ def bench(
     use_async: bool,
     concurrency: int,
     seconds: float,
+    workload: str,
 ) -> None:
     """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library.
 
     The benchmarks live in the source checkout (benchmarks/), not in the installed package.
     """
-    if use_async:
+    if workload == "capture":
+        report = _benchmarks("capture").run(database_url, redis_url)
+    elif use_async:
         import asyncio
 
         run_async = _benchmarks("bench_async").run_async
