@@ -67,6 +67,11 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
             if not (s.reads_rule_target and "write_rules_in_transaction" in self.gates)
         ]
         self.max_open = 2 if self.dialect == "postgresql" else 1
+        #: PostgreSQL: change capture's listener (side A's process), for outside writes
+        self.capture: Any = None
+        if env.captured:
+            self.capture = self.a.cache.change_capture(self.a.engine)
+            self.capture.start()
 
     # bookkeeping ---------------------------------------------------------------------------
 
@@ -222,6 +227,31 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
             self.note(f"{desc}: {result}, {end}")
         self.check_recent()
 
+    @precondition(lambda self: self.capture is not None)
+    @rule(data=st.data())
+    def outside_write(self, data: st.DataObject) -> None:
+        """A write no cache sees (the reference engine, as ``psql`` or another service would):
+        once the listener confirms it has delivered everything committed before (a sync
+        notification, delivered after the write's), every read must be fresh."""
+        path = self.draw_path(data, {"core"}, None)
+        p = self.params(data, path)
+        desc = f"outside write {path.name} {p} (unattached engine)"
+        try:
+            with self.env.ref.begin() as conn:
+                result = path.run(Target(self.dialect, conn=conn), p)
+        except Exception as exc:
+            if not expected_failure(exc):
+                raise
+            self.count("writes_failed")
+            self.note(f"{desc}: failed, rolled back ({short(exc)})")
+        else:
+            self.count("outside_writes")
+            self.committed(path.writes)
+            self.note(f"{desc}: {result}, commit")
+        if not self.capture.sync(10.0):
+            raise Divergence("the change-capture listener did not confirm within 10 s")
+        self.check_recent()
+
     # teardown ------------------------------------------------------------------------------
 
     def teardown(self) -> None:
@@ -247,5 +277,7 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
                     f.write("\n".join(["--- run", *self.log, ""]))
             for tx in self.txs:
                 tx.close()
+            if self.capture is not None:
+                self.capture.stop()
             self.a.close()
             self.b.close()
