@@ -12,6 +12,7 @@ engines; it never patches SQLAlchemy.  Everything it writes to Redis lives under
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
@@ -54,6 +55,8 @@ class QueryCache(AsyncAPI):
         self._flusher = StatsFlusher(self.flush_stats, config.stats_interval)
         #: statistics are shared through Redis; an in-process backend keeps them local
         self._stats_shared = not isinstance(io, MemoryIO)
+        #: change-capture listeners of this cache: ``close()`` stops them
+        self._captures: weakref.WeakSet[ChangeCapture] = weakref.WeakSet()
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sqlacache", **settings: Any) -> QueryCache:
@@ -123,7 +126,10 @@ class QueryCache(AsyncAPI):
         self._wiring.detach(target)
 
     def close(self) -> None:
-        """Detach everything and close the Redis connections."""
+        """Stop the change-capture listeners, detach everything, close the Redis connections."""
+        for capture in list(self._captures):
+            if capture.running:
+                capture.stop()
         self._wiring.close()
         self._flusher.stop()
         if self.config.stats_interval:
@@ -163,12 +169,14 @@ class QueryCache(AsyncAPI):
         ``liveness_timeout`` bounds how long a crashed listener goes unnoticed.  See
         docs/capture.md.
         """
-        return ChangeCapture(
+        capture = ChangeCapture(
             self._storage,
             self._wiring.commit_path,
             engine,
             liveness_timeout=liveness_timeout,
         )
+        self._captures.add(capture)
+        return capture
 
     # entities ------------------------------------------------------------------------------
     #

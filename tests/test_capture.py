@@ -522,3 +522,21 @@ def test_redis_cluster(cluster: Any, postgres_url: str, namespace: str, outside:
         cache.clear()
         cache.close()
         engine.dispose()
+
+
+def test_closing_the_cache_stops_its_listeners(
+    postgres_url: str, redis_url: str, namespace: str, outside: Engine
+) -> None:
+    cache = QueryCache.from_url(redis_url, namespace=namespace, **STEADY_TIMEOUTS)
+    capture = cache.change_capture(postgres_url)
+    capture.install(["cap_item"])
+    try:
+        capture.start()
+        assert capture.running and capture.alive()
+        cache.close()
+        assert not capture.running
+        probe = QueryCache.from_url(redis_url, namespace=namespace, **STEADY_TIMEOUTS)
+        assert not probe.change_capture(postgres_url).alive()
+        probe.close()
+    finally:
+        capture.uninstall()

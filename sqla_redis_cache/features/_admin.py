@@ -25,6 +25,7 @@ KINDS = {
     "t": "tokens",
     "g": "tokens",
     "all": "tokens",
+    "capture": "tokens",  # change capture's liveness key and captured tables
     "stats": "stats",
 }
 _BATCH = 500

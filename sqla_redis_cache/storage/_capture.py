@@ -66,7 +66,7 @@ def decode_tables(value: bytes | None) -> frozenset[str] | None:
 class CaptureGate:
     """What this process's readers know of change capture (see the module docstring)."""
 
-    __slots__ = ("_next", "generation", "live_key", "primed", "refresh", "tables", "tables_key")
+    __slots__ = ("generation", "live_key", "next_load", "primed", "refresh", "tables", "tables_key")
 
     def __init__(self, keys: KeyBuilder, refresh: float = TABLES_REFRESH) -> None:
         self.live_key = keys.prefix + "capture:live"
@@ -78,7 +78,8 @@ class CaptureGate:
         self.generation = 0
         #: the set was loaded once: until then a lookup cannot know what needs a listener
         self.primed = False
-        self._next = 0.0
+        #: ``time.monotonic()`` from which a lookup reloads the set along its ``MGET``
+        self.next_load = 0.0
 
     def prime(self, store: Store) -> None:
         """The process's first lookup loads the captured set before deciding anything: one
@@ -89,11 +90,11 @@ class CaptureGate:
 
     def due(self) -> bool:
         """True when the next lookup should reload the captured set with its ``MGET``."""
-        return time.monotonic() >= self._next
+        return time.monotonic() >= self.next_load
 
     def loaded(self, value: bytes | None) -> None:
         """The value of the tables key, read along a lookup."""
-        self._next = time.monotonic() + self.refresh
+        self.next_load = time.monotonic() + self.refresh
         self.primed = True
         tables = decode_tables(value)
         if tables is not None and tables != self.tables:
@@ -106,7 +107,7 @@ class CaptureGate:
         """``store.get_many(keys)`` with the liveness key ``live`` (when given) and, when due,
         the tables key in the same ``MGET``: (the values of ``keys`` or FAILED, whether the
         liveness key was there)."""
-        load = time.monotonic() >= self._next
+        load = time.monotonic() >= self.next_load
         if live is None and not load:
             return store.get_many(keys), True
         fetch = list(keys)

@@ -194,10 +194,10 @@ class Reader:
             return build(), False
         keys = [key, *deps]
         capture = self.capture
-        if capture is None:
-            values, alive = self.store.get_many(keys), True
+        if live is None and (capture is None or time.monotonic() < capture.next_load):
+            values, alive = self.store.get_many(keys), True  # no table under change capture
         else:
-            values, alive = capture.get_many(self.store, keys, live)
+            values, alive = capture.get_many(self.store, keys, live)  # type: ignore[union-attr]
         if values is FAILED or not alive:
             self.stats.bypasses += 1
             if tally is not None:

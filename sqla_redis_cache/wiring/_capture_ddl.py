@@ -41,6 +41,7 @@ MARKER = "sqla-redis-cache change capture"
 
 #: asyncpg query parameters and their libpq equivalents (others have no meaning to libpq)
 _ASYNCPG_TO_LIBPQ = {"ssl": "sslmode"}
+_ASYNCPG_SSL = {"true": "require", "false": "disable"}
 _LIBPQ_PARAMETERS = frozenset(
     {
         "sslmode",
@@ -81,6 +82,8 @@ def listener_url(url: Any) -> URL:
     query: dict[str, Any] = dict(parsed.query)
     if driver == "asyncpg":
         query = {_ASYNCPG_TO_LIBPQ.get(k, k): v for k, v in query.items()}
+        if "sslmode" in query:  # asyncpg's ssl=true / false
+            query["sslmode"] = _ASYNCPG_SSL.get(str(query["sslmode"]).lower(), query["sslmode"])
         query = {k: v for k, v in query.items() if k in _LIBPQ_PARAMETERS}
     return parsed.set(drivername="postgresql+psycopg2", query=query)
 
