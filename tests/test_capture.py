@@ -540,3 +540,37 @@ def test_closing_the_cache_stops_its_listeners(
         probe.close()
     finally:
         capture.uninstall()
+
+
+def test_a_failed_invalidation_withdraws_liveness_until_everything_is_invalidated(
+    app: App, outside: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener's Redis invalidation fails (a fake for this edge: Redis keeps answering
+    everything else): readers stop trusting it at once, and it beats again only after it has
+    invalidated every captured table."""
+    app.capture.start()
+    assert app.read() == "a" and app.read() == "a"
+    assert app.read(other) == "a" and app.read(other) == "a"
+    path = app.capture.commit_path
+    real = path.invalidate
+    monkeypatch.setattr(path, "invalidate", lambda *a, **kw: False)
+    write(outside, "lost")
+    deadline = time.monotonic() + 1.0  # withdrawn at once, not left to expire (>= 1.5 s)
+    while app.capture.alive():
+        assert time.monotonic() < deadline, "the listener kept claiming it was alive"
+        time.sleep(0.01)
+    assert app.read() == "lost"  # bypass: the entry is never served
+    write(outside, "lost", other)  # nobody delivers this one either
+    calls: list[set[str]] = []
+
+    def recording(tables: Any = (), tags: Any = ()) -> bool:
+        calls.append(set(tables))
+        return real(tables, tags)
+
+    monkeypatch.setattr(path, "invalidate", recording)
+    deadline = time.monotonic() + 2
+    while not app.capture.alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert any({"cap_item", "cap_other"} <= c for c in calls)  # everything captured, first
+    assert app.read(other) == "lost"

@@ -17,8 +17,9 @@ The loop, on one autocommit psycopg2 connection of its own:
    a few token replacements), invalidate the batch.
 3. Every quarter of the liveness timeout: ``SELECT 1`` on the listening connection (it is
    alive), then beat.  A beat is sent only when everything received has been delivered: after
-   a failed invalidation the listener stops beating until it has invalidated every captured
-   table again, so the liveness key expires and readers bypass meanwhile.
+   a failed invalidation the listener deletes the liveness key if it can (it expires
+   otherwise) and stops beating until it has invalidated every captured table again, so
+   readers bypass meanwhile.
 
 Any error of the PostgreSQL connection retires the liveness key at once (readers bypass), and
 the listener reconnects with a growing pause (step 1 again).  ``stop()`` retires the key too.
@@ -313,7 +314,7 @@ class ChangeCapture:
                 conn.poll()
             batch = self._drain(conn)
             if batch and not self._deliver(batch):
-                owed = True
+                owed = self._failed()
             now = time.monotonic()
             if now < next_beat:
                 continue
@@ -324,12 +325,18 @@ class ChangeCapture:
                 next_catalog = now + CATALOG_REFRESH
             batch = self._drain(conn)  # arrived during the check
             if batch and not self._deliver(batch):
-                owed = True
+                owed = self._failed()
             if owed:
                 owed = not self._invalidate_everything()
             if not owed:
                 self.liveness.beat(self.tables)
             next_beat = now + self.interval
+
+    def _failed(self) -> bool:
+        """An invalidation did not reach Redis: withdraw the liveness key now if Redis still
+        takes that (otherwise it expires), so no reader trusts a listener that fell behind."""
+        self.liveness.retire()
+        return True
 
     def _drain(self, conn: Any) -> Batch:
         batch = Batch()
