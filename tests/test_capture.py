@@ -402,6 +402,9 @@ def test_clear_errors(app: App, postgres_url: str, outside: Engine) -> None:
         app.cache.change_capture("sqlite:///nothing.db")
     with pytest.raises(ConfigurationError, match="bad database URL"):
         app.cache.change_capture("not a url")
+    for bad in (0, "2", True, float("nan")):
+        with pytest.raises(ConfigurationError, match="liveness_timeout"):
+            app.cache.change_capture(postgres_url, liveness_timeout=bad)
     with pytest.raises(ConfigurationError, match="no table"):
         app.capture.install(["cap_missing"])
     with outside.begin() as conn:

@@ -111,7 +111,11 @@ class ChangeCapture:
         *,
         liveness_timeout: float = LIVENESS_TIMEOUT,
     ) -> None:
-        if not 0.2 <= liveness_timeout <= 3600:
+        if (
+            isinstance(liveness_timeout, bool)
+            or not isinstance(liveness_timeout, int | float)
+            or not 0.2 <= liveness_timeout <= 3600
+        ):
             raise ConfigurationError("liveness_timeout must be between 0.2 and 3600 seconds")
         url = getattr(getattr(database, "sync_engine", database), "url", database)
         self.engine: Engine = ddl.listener_engine(url)
