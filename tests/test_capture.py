@@ -577,3 +577,28 @@ def test_a_failed_invalidation_withdraws_liveness_until_everything_is_invalidate
         time.sleep(0.01)
     assert any({"cap_item", "cap_other"} <= c for c in calls)  # everything captured, first
     assert app.read(other) == "lost"
+
+
+def test_lost_postgresql_connection_reconnects_and_invalidates(
+    app: App, outside: Engine
+) -> None:
+    """The listener's backend is terminated: it withdraws its liveness, reconnects, and
+    invalidates every captured table before it beats again (writes meanwhile are not lost)."""
+    app.capture.start()
+    assert app.read() == "a" and app.read() == "a"
+    assert app.capture.connections == 1
+    with outside.begin() as conn:
+        killed = conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %(name)s AND pid <> pg_backend_pid()",
+            {"name": ddl.APPLICATION_NAME},
+        ).all()
+    assert killed
+    write(outside, "while-reconnecting")
+    seen_within(app.read, "while-reconnecting")
+    deadline = time.monotonic() + 5
+    while app.capture.connections < 2 or not app.capture.alive():
+        assert time.monotonic() < deadline, "the listener did not come back"
+        time.sleep(0.01)
+    write(outside, "after-reconnect")
+    seen_within(app.read, "after-reconnect")

@@ -119,6 +119,16 @@ class ChangeCapture:
             raise ConfigurationError("liveness_timeout must be between 0.2 and 3600 seconds")
         url = getattr(getattr(database, "sync_engine", database), "url", database)
         self.engine: Engine = ddl.listener_engine(url)
+        import psycopg2  # listener_engine() checked it is installed
+
+        #: what ends one connection of the listener (then it reconnects): the driver's own
+        #: errors (the loop uses the DBAPI connection directly), SQLAlchemy's, the socket's
+        self._lost: tuple[type[BaseException], ...] = (
+            psycopg2.Error,
+            exc.DBAPIError,
+            OSError,
+            _Lost,
+        )
         self.storage = storage
         self.commit_path = commit_path
         self.liveness = Liveness(storage.store, storage.keys, liveness_timeout)
@@ -132,7 +142,8 @@ class ChangeCapture:
         #: the captured tables as the cache names them, and the default schema
         self.tables: set[str] = set()
         self.schema: str | None = None
-        #: batches delivered and notifications received (for tests and the CLI's log)
+        #: connections made, batches delivered, notifications received (tests, the CLI's log)
+        self.connections = 0
         self.batches = 0
         self.notifications = 0
 
@@ -262,7 +273,7 @@ class ChangeCapture:
                 try:
                     self._listen(ready)
                     pause = RECONNECT_FIRST
-                except (exc.DBAPIError, OSError, _Lost) as error:
+                except self._lost as error:
                     self.liveness.retire()
                     if not ever_ready:
                         failure.append(
@@ -289,6 +300,7 @@ class ChangeCapture:
         try:
             conn: Any = raw.driver_connection
             conn.autocommit = True
+            self.connections += 1
             cursor = conn.cursor()
             cursor.execute(f'LISTEN "{ddl.CHANNEL}"')
             cursor.execute("SELECT current_schema()")

@@ -36,6 +36,8 @@ from .._errors import ConfigurationError
 CHANNEL = "sqla_redis_cache"
 FUNCTION = "sqla_redis_cache_notify"
 TRIGGER = "sqla_redis_cache_capture"
+#: the listener's (and the DDL's) ``application_name`` unless the URL sets one
+APPLICATION_NAME = "sqla-redis-cache capture"
 #: the comment marking the function install created
 MARKER = "sqla-redis-cache change capture"
 
@@ -96,7 +98,11 @@ def listener_engine(url: Any) -> Engine:
         raise ConfigurationError(
             "change capture needs psycopg2: pip install 'sqla-redis-cache[postgres]'"
         ) from None
-    return create_engine(listener_url(url), poolclass=NullPool)
+    target = listener_url(url)
+    connect_args = {}
+    if "application_name" not in target.query:  # the listener shows in pg_stat_activity
+        connect_args["application_name"] = APPLICATION_NAME
+    return create_engine(target, poolclass=NullPool, connect_args=connect_args)
 
 
 def one_line(error: BaseException) -> str:
