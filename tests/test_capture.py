@@ -602,3 +602,106 @@ def test_lost_postgresql_connection_reconnects_and_invalidates(
         time.sleep(0.01)
     write(outside, "after-reconnect")
     seen_within(app.read, "after-reconnect")
+
+
+class _Proxy:
+    """A TCP proxy to Redis that can be cut (connections reset, new ones refused) and restored."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = ("127.0.0.1", port)
+        self.up = True
+        self.pairs: list[Any] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self.pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: Any, b: Any) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.up = False
+        for pair in self.pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.pairs = []
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_listener_losing_redis_means_bypass_then_full_invalidation(
+    app: App, outside: Engine, redis_url: str, postgres_url: str
+) -> None:
+    """Only the listener loses Redis: its key expires, readers bypass; when Redis is back it
+    invalidates every captured table before beating again."""
+    url = make_url(redis_url)
+    proxy = _Proxy(url.port or 6379)
+    listener_cache = QueryCache.from_url(
+        url.set(port=proxy.port).render_as_string(False),
+        namespace=app.cache.config.namespace,
+        connect_timeout=0.2,
+        socket_timeout=0.2,
+        breaker_cooldown=0.2,
+    )
+    capture = listener_cache.change_capture(postgres_url)
+    try:
+        capture.start()
+        assert app.read() == "a" and app.read() == "a"
+        assert app.read(other) == "a" and app.read(other) == "a"
+        hits = app.cache.stats().hits
+        proxy.cut()
+        write(outside, "outage")  # the listener cannot deliver this
+        write(outside, "outage", other)
+        time.sleep(2.05)  # the liveness key has expired
+        assert not app.capture.alive()
+        assert app.read() == "outage" and app.read(other) == "outage"
+        assert app.cache.stats().hits == hits
+        proxy.up = True
+        deadline = time.monotonic() + 10
+        while not app.capture.alive():
+            assert time.monotonic() < deadline, "the listener did not come back"
+            time.sleep(0.02)
+        assert app.read() == "outage" and app.read(other) == "outage"
+        write(outside, "back")
+        seen_within(app.read, "back")
+    finally:
+        capture.stop()
+        listener_cache.close()
+        proxy.close()
