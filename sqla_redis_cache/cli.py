@@ -237,6 +237,13 @@ def status(cache: Any, as_json: bool) -> None:
         f"role {server.get('role')}"
     )
     click.echo(f"namespace  : {report['namespace']}")
+    capture = report.get("capture")
+    if capture and capture["tables"]:
+        alive = capture["listener_alive"]
+        click.echo(
+            f"capture    : {len(capture['tables'])} table name(s), listener "
+            + ("alive" if alive else "NOT ALIVE: reads of them bypass the cache")
+        )
     click.echo(f"memory     : {report.get('memory_bytes', 0)} bytes in this namespace")
     entries = report.get("entries") or {}
     click.echo("entries    : " + ", ".join(f"{k} {v}" for k, v in entries.items()))

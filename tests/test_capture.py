@@ -579,9 +579,7 @@ def test_a_failed_invalidation_withdraws_liveness_until_everything_is_invalidate
     assert app.read(other) == "lost"
 
 
-def test_lost_postgresql_connection_reconnects_and_invalidates(
-    app: App, outside: Engine
-) -> None:
+def test_lost_postgresql_connection_reconnects_and_invalidates(app: App, outside: Engine) -> None:
     """The listener's backend is terminated: it withdraws its liveness, reconnects, and
     invalidates every captured table before it beats again (writes meanwhile are not lost)."""
     app.capture.start()
@@ -705,3 +703,41 @@ def test_listener_losing_redis_means_bypass_then_full_invalidation(
         capture.stop()
         listener_cache.close()
         proxy.close()
+
+
+def test_status_shows_capture(app: App, redis_url: str) -> None:
+    import json
+
+    def status() -> Any:
+        done = subprocess.run(
+            _cli("status", "--redis-url", redis_url, "--namespace", app.cache.config.namespace),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout
+
+    def report() -> Any:
+        done = subprocess.run(
+            _cli(
+                "status",
+                "--json",
+                "--redis-url",
+                redis_url,
+                "--namespace",
+                app.cache.config.namespace,
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return json.loads(done.stdout)["capture"]
+
+    assert report() == {
+        "listener_alive": False,
+        "tables": ["cap_item", "cap_other", "public.cap_item", "public.cap_other"],
+    }
+    assert "listener NOT ALIVE" in status()
+    app.capture.start()
+    assert report()["listener_alive"] is True
+    assert "4 table name(s), listener alive" in status()
