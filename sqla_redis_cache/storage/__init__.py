@@ -11,6 +11,7 @@ contract in pyproject.toml keeps SQLAlchemy out).  Modules, in the order a looku
   lock over a Redis lock on a miss, near cache, refresh-ahead);
 - ``_codec``: the authenticated entry envelope; ``_rows``: raw DBAPI rows column by column;
   ``_drivertypes``: database drivers' own value classes in entries;
+- ``_capture``: change capture's liveness token and captured tables (readers' gate);
 - ``_stats``: counters, latency percentiles, shared statistics; ``_groups``: the per-table and
   per-region tallies, and the reasons a statement is not cached.
 
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from .._config import CacheConfig
 from ..io._asyncio import Concurrency, LoopRouter
 from ..io._protocol import RedisIO
+from ._capture import CaptureGate
 from ._codec import EntryCodec
 from ._keys import KeyBuilder
 from ._reader import Reader
@@ -60,7 +62,11 @@ class Storage:
         self.codec = EntryCodec(
             config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
         )
-        self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
+        #: what readers know of change capture (the listener's liveness, captured tables)
+        self.capture = CaptureGate(self.keys)
+        self.reader = Reader(
+            self.store, self.versions, self.codec, config.near_cache_size, self.capture
+        )
         self._concurrency = concurrency
 
     def async_router(self) -> LoopRouter:
