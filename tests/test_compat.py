@@ -14,7 +14,7 @@ import sqlalchemy
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.base import CompileState, Executable
@@ -79,6 +79,46 @@ def test_connect_parameters_that_cannot_be_read_are_a_clear_error(
     monkeypatch.setattr(_compat, "connect_parameters", lambda engine: None)
     with pytest.raises(_compat.IncompatibleSQLAlchemy, match=r"Pool\._creator"):
         _compat.check()
+
+
+def test_after_commit_at_a_savepoint_release_is_checked(
+    unchecked: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were a savepoint's release no longer told apart in ``after_commit``, it would publish
+    the transaction's writes before they are committed."""
+    monkeypatch.setattr(Session, "in_nested_transaction", lambda self: False)
+    with pytest.raises(_compat.IncompatibleSQLAlchemy, match="after_commit at a savepoint"):
+        _compat.check()
+
+
+def test_sqlite_drivers_say_whether_they_are_in_a_transaction() -> None:
+    import sqlite3
+
+    raw = sqlite3.connect(":memory:")
+    try:
+        assert _compat.sqlite_in_transaction(raw) is False
+        raw.execute("SAVEPOINT a")
+        assert _compat.sqlite_in_transaction(raw) is True
+    finally:
+        raw.close()
+
+    async def aiosqlite_says() -> list[bool | None]:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine("sqlite+aiosqlite://")
+        try:
+            async with engine.connect() as conn:
+                raw_conn = await conn.get_raw_connection()
+                said = [_compat.sqlite_in_transaction(raw_conn.dbapi_connection)]
+                await conn.exec_driver_sql("SAVEPOINT a")
+                said.append(_compat.sqlite_in_transaction(raw_conn.dbapi_connection))
+                await conn.rollback()
+                return said
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(aiosqlite_says()) == [False, True]
+    assert _compat.sqlite_in_transaction(object()) is None
 
 
 def test_engine_copies_lead_to_their_engine(unchecked: None) -> None:

@@ -119,6 +119,46 @@ def test_a_flush_in_a_rolled_back_savepoint_is_not_published(
     assert_as_in_database(fdb, Item, 1)
 
 
+def test_a_released_savepoint_publishes_nothing_before_the_outer_commit(
+    fdb: Database, cache: QueryCache
+) -> None:
+    """SQLAlchemy fires ``after_commit`` at a savepoint's release: nothing is committed then."""
+    _in_use(fdb, cache)
+    name = select(Item.name).where(Item.id == 1).options(cached())
+    with fdb.Session() as s:
+        s.execute(text("SELECT 1"))  # the transaction is open before the SAVEPOINT (SQLite)
+        s.execute(update(Item).where(Item.id == 3).values(qty=9))  # (pysqlite: BEGIN)
+        savepoint = s.begin_nested()
+        s.get_one(Item, 1).name = "x"
+        s.flush()
+        savepoint.commit()
+        # still the transaction's own write: read from the database, never stored
+        assert s.execute(name).scalar_one() == "x"
+        s.rollback()
+    assert_as_in_database(fdb, Item, 1, hit=False)  # nothing written through
+    with fdb.Session() as s:
+        assert s.execute(name).scalar_one() == "item1"
+
+
+def test_a_released_savepoint_is_published_by_the_outer_commit(
+    fdb: Database, cache: QueryCache
+) -> None:
+    _in_use(fdb, cache)
+    name = select(Item.name).where(Item.id == 1).options(cached())
+    with fdb.Session() as s:
+        assert s.execute(name).scalar_one() == "item1"  # cached
+    with fdb.Session() as s:
+        s.execute(update(Item).where(Item.id == 3).values(qty=9))
+        savepoint = s.begin_nested()
+        s.get_one(Item, 1).name = "x"
+        s.flush()
+        savepoint.commit()
+        s.commit()
+    assert_as_in_database(fdb, Item, 1)
+    with fdb.Session() as s:
+        assert s.execute(name).scalar_one() == "x"
+
+
 @pytest.mark.parametrize("sync", SYNC)
 def test_a_later_bulk_update_of_the_flushed_row_wins(
     fdb: Database, cache: QueryCache, sync: Any

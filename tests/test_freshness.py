@@ -68,12 +68,30 @@ def test_snapshot_isolation_never_stores_an_old_snapshot(pg: Database, cache: Qu
     assert cache.stats().bypasses >= 1
 
 
-def test_snapshot_first_statement_may_use_the_cache(pg: Database, cache: QueryCache) -> None:
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("first", ["query", "entity"])
+def test_snapshot_first_read_takes_the_snapshot(
+    pg: Database, cache: QueryCache, level: str, first: str
+) -> None:
+    """A first read served from the cache would leave the snapshot to a later statement: the
+    transaction would see the cached state, then a newer one."""
     cache.attach(pg.Session)
     stmt = select(User.name).where(User.id == 3).options(cached())
-    with pg.Session() as s:
+    with pg.Session() as s:  # cached: the query, and the entity
         s.execute(stmt).one()
-    rr = pg.engine.execution_options(isolation_level="SERIALIZABLE")
-    with Session(rr) as s, pg.counter.expect(0):
+        s.get(User, 3, options=[cached()])
+    snapshot = pg.engine.execution_options(isolation_level=level)
+    with Session(snapshot) as s:
         cache.attach(s)
-        assert s.execute(stmt).one()[0] == "user3"
+        with pg.counter.measure() as window:
+            if first == "query":
+                seen = s.execute(stmt).scalar_one()
+            else:
+                seen = s.get_one(User, 3, options=[cached()]).name
+        assert window.count == 1, "the first read must reach the database"
+        with pg.Session.begin() as other:
+            other.execute(update(User).where(User.id == 3).values(name="newer"))
+        assert s.execute(select(User.name).where(User.id == 3)).scalar_one() == seen == "user3"
+        assert s.execute(stmt).scalar_one() == "user3"
+    with pg.Session() as s:
+        assert s.execute(stmt).scalar_one() == "newer"

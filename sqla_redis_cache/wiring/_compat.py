@@ -39,8 +39,13 @@ internal                                            used by
 ``ClassManager.new_instance()``,                    detached instance built from cached values
 ``NO_VALUE`` / ``NEVER_SET``
 ``Pool._creator`` closure (``cargs``/``cparams``)   the database identity of an engine
-``Dialect.isolation_level``                         snapshot isolation set on the engine
+``Dialect.isolation_level``,                        snapshot isolation set on the engine, or
+``Dialect.default_isolation_level``                 the database's default
 ``SimpleResultMetaData``                            the result of an entity-cache hit
+``Session.in_nested_transaction()`` during a        a savepoint's release is no commit: nothing
+savepoint's ``after_commit`` (behaviour)            is invalidated or written through then
+aiosqlite adapter ``_connection.in_transaction``    SQLite transactions that began (snapshot;
+                                                    a RELEASE that committed)
 ``util.concurrency`` ``await_`` / ``greenlet_spawn``  Redis I/O awaited from the greenlet
 and ``__sqlalchemy_greenlet_provider__``
 ==================================================  ============================================
@@ -80,6 +85,7 @@ __all__ = [
     "committed_state",
     "concurrency",
     "connect_parameters",
+    "default_isolation_level",
     "engine_isolation_level",
     "final_statement",
     "flushed_states",
@@ -91,7 +97,9 @@ __all__ = [
     "populates_existing",
     "refresh_load",
     "refreshes",
+    "releases_savepoint",
     "serve_cursor",
+    "sqlite_in_transaction",
     "where_criteria",
 ]
 
@@ -123,6 +131,31 @@ def engine_isolation_level(dialect: Any) -> str | None:
     """The isolation level given to ``create_engine(isolation_level=...)``, if any."""
     level: str | None = dialect.isolation_level
     return level
+
+
+def default_isolation_level(dialect: Any) -> str | None:
+    """The database's default isolation level, which SQLAlchemy reads at an engine's first
+    connection (None before it: the attribute does not exist yet)."""
+    level: str | None = getattr(dialect, "default_isolation_level", None)
+    return level
+
+
+def sqlite_in_transaction(dbapi_connection: Any) -> bool | None:
+    """Whether a SQLite driver connection is inside a database transaction (a ``BEGIN``, a
+    DML statement pysqlite began one for, or a ``SAVEPOINT`` that opened one); None when the
+    driver does not say.  pysqlite (``sqlite3``) has ``in_transaction``; SQLAlchemy's aiosqlite
+    adapter keeps the ``aiosqlite.Connection`` (which has it too) as ``_connection``."""
+    found = getattr(dbapi_connection, "in_transaction", None)  # absent: not pysqlite
+    if found is None:
+        inner = getattr(dbapi_connection, "_connection", None)  # absent: not aiosqlite
+        found = getattr(inner, "in_transaction", None)
+    return None if found is None else bool(found)
+
+
+def releases_savepoint(session: Session) -> bool:
+    """In ``after_commit``: True when the commit is a savepoint's release (SQLAlchemy fires
+    ``after_commit`` for nested transactions too, before it makes the parent current again)."""
+    return session.in_nested_transaction()
 
 
 def connect_parameters(engine: Engine) -> tuple[Sequence[Any], Mapping[str, Any]] | None:
@@ -300,6 +333,7 @@ def _problems() -> list[str]:
         problems.append("UOWTransaction.states")
     engine = sqlalchemy.create_engine("sqlite://", connect_args={"timeout": 7})
     try:
+        problems.extend(_savepoint_problems(engine))
         copy = engine.execution_options(sqla_redis_cache_check=True)
         if base_engine(copy) is not engine:
             problems.append("OptionEngine._proxied")
@@ -310,6 +344,29 @@ def _problems() -> list[str]:
             problems.append("Dialect.isolation_level")
     finally:
         engine.dispose()
+    return problems
+
+
+def _savepoint_problems(engine: Engine) -> list[str]:
+    """``after_commit`` fires at a savepoint's release while the savepoint is still the
+    session's transaction, and only once more for the outermost commit; pysqlite says whether
+    its connection is in a transaction."""
+    seen: list[bool] = []
+    with Session(engine) as session:
+        sqlalchemy.event.listen(
+            session, "after_commit", lambda s: seen.append(releases_savepoint(s))
+        )
+        session.begin_nested().commit()
+        session.commit()
+        raw = session.connection().connection.dbapi_connection
+        session.connection().exec_driver_sql("BEGIN")
+        began = sqlite_in_transaction(raw)
+        session.rollback()
+    problems: list[str] = []
+    if seen != [True, False]:
+        problems.append(f"Session after_commit at a savepoint's release ({seen})")
+    if began is not True:
+        problems.append("sqlite3.Connection.in_transaction")
     return problems
 
 

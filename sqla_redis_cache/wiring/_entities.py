@@ -19,11 +19,12 @@ exactly what the database holds, and deleted rows are removed.  Only the hierarc
 process reads through the entity cache are written through; the others are only invalidated.
 
 ``session.get(cls, pk, options=[cached()])`` is answered here before any SQL when the session
-holds no pending changes, its transaction wrote none of those tables, the object is not in
-the identity map already, and no other loader options were given; a hit adds a clean
-persistent object to the session (no ``load`` event fires for it).  A miss loads from the
-database and stores the row with the tokens read before the query.  Values the codec cannot
-store (or rows with unloaded, server-generated columns) are simply not cached.
+holds no pending changes, its transaction wrote none of those tables and does not read from a
+snapshot (REPEATABLE READ / SERIALIZABLE, a SQLite transaction that began: ``_transaction``),
+the object is not in the identity map already, and no other loader options were given; a hit
+adds a clean persistent object to the session (no ``load`` event fires for it).  A miss loads
+from the database and stores the row with the tokens read before the query.  Values the codec
+cannot store (or rows with unloaded, server-generated columns) are simply not cached.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ from ._entity_get import primary_key_get, schema_map
 from ._identity import entity_engine_id
 from ._options import SESSION_WIRED, CachedOption
 from ._runtime_settings import tainted
-from ._transaction import ConnectionKeys, transaction_blocks
+from ._transaction import (
+    ConnectionKeys,
+    bind_reads_snapshot,
+    reads_snapshot,
+    transaction_blocks,
+)
 
 if TYPE_CHECKING:
     from ..storage import Storage
@@ -268,6 +274,11 @@ class Entities:
         bind = session.get_bind(mapper)
         engine = bind.engine
         if tainted(engine):
+            return None
+        snapshot = bind_reads_snapshot(bind)
+        if snapshot is None:  # the engine's first use: its connection tells the database's level
+            snapshot = reads_snapshot(session.connection(bind_arguments={"mapper": mapper}))
+        if snapshot:
             return None
         translate = orm_state.execution_options.get("schema_translate_map") or schema_map(bind)
         try:

@@ -46,8 +46,8 @@ EXPLAIN_REASONS = {
     "the transaction ends",
     "session_settings": "the connection changed its session settings (SET ...): its reads "
     "bypass the cache",
-    "snapshot": "snapshot isolation: reads after the transaction's first statement bypass the "
-    "cache",
+    "snapshot": "the transaction reads from a snapshot (REPEATABLE READ / SERIALIZABLE, or a "
+    "SQLite transaction that began and wrote nothing): its reads bypass the cache",
 }
 
 

@@ -17,9 +17,12 @@ after the session's autoflush, with the final SQL string and DBAPI parameters.
    reason (``storage._stats.REASONS``) and logged once per statement at DEBUG.
 2. Bypass when this transaction wrote one of those tables (``_transaction``: read-your-writes,
    and the tags declared rules add), when the connection changed its session settings at run
-   time (``_runtime_settings``), or under snapshot isolation after the transaction's first
-   statement: such a transaction reads from a snapshot possibly older than the version tokens
-   read now, and must not store it under them.
+   time (``_runtime_settings``), or when the transaction reads from a snapshot
+   (``_transaction.reads_snapshot``: REPEATABLE READ / SERIALIZABLE, from its first statement
+   on; a SQLite transaction that has begun at the database and not written): its snapshot may
+   be older than the version tokens read now, so it must not store it under them, and a first
+   read served from the cache would leave the snapshot to a later statement (two states in one
+   transaction).
 3. The key: the database identity of the connection (``_identity``), the SQL and parameters.
 4. ``storage._reader``: one round trip; a hit swaps the execution context's cursor for a
    :class:`~._cursor.CachedCursor` over the cached raw rows and tells SQLAlchemy the statement
@@ -51,7 +54,7 @@ from ._listeners import Listeners
 from ._options import SESSION_WIRED, CacheDirective, CachedOption, UncachedOption
 from ._policy import Policies, Policy
 from ._runtime_settings import STATE
-from ._transaction import ALL_TABLES, ConnectionKeys, snapshot_isolated
+from ._transaction import ALL_TABLES, ConnectionKeys, reads_snapshot
 from ._write_rules import WriteRules
 
 
@@ -285,7 +288,7 @@ class ReadHooks(Listeners):
             return self._bypass(
                 "session_settings", tally, explaining, directive, tables, statement, parameters
             )
-        if info.get(self.k.tx_used) and snapshot_isolated(conn):
+        if reads_snapshot(conn, bool(written)):
             return self._bypass(
                 "snapshot", tally, explaining, directive, tables, statement, parameters
             )

@@ -18,7 +18,12 @@ are reloaded from the database just before it commits).  ``after_commit`` runs o
 database commit succeeded and hands the session to the commit path (``_commit``): the tables
 its connections wrote and the reloaded rows, invalidated and written through in one round trip,
 so by the time ``commit()`` returns every process misses on them.  A rollback invalidates
-nothing.
+nothing.  SQLAlchemy also fires ``after_commit`` when a savepoint is released
+(``begin_nested()`` committed): nothing is committed then, so it is ignored; the writes made
+inside the savepoint stay in the connection's write set (its reads keep bypassing) and are
+invalidated, or dropped, with the outermost transaction.  A savepoint rolled back keeps its
+tables in the write set too: bypassing a little longer and invalidating them at commit only
+costs misses, while the rows it flushed are reloaded from the database at commit anyway.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from ._commit import CommitPath
-from ._compat import populates_existing, refreshes
+from ._compat import populates_existing, refreshes, releases_savepoint
 from ._entities import Entities
 from ._explain import UNCACHED, ExplainOption, ExplainRequest
 from ._listeners import Listeners
@@ -126,6 +131,8 @@ class SessionHooks(Listeners):
         self.write_through.note_flush(session, flush_context)
 
     def after_commit(self, session: Any) -> None:
+        if releases_savepoint(session):  # RELEASE SAVEPOINT: nothing is committed yet
+            return
         self.commit_path.after_session_commit(session)
 
     def after_transaction_end(self, session: Any, transaction: Any) -> None:

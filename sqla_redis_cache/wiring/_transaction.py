@@ -13,14 +13,26 @@ The life of a transaction's bookkeeping, by the module that writes each name:
 - ``committing``: tables of a transaction being committed, until they are invalidated (by the
   session's ``after_commit``, or for a Core connection at its next begin or checkin);
 - ``claim``: (commit id, tables) of a Core commit whose tokens were made pending (``_commit``);
-- ``tx_used``: the transaction ran a statement (the snapshot rule of ``_reads``);
+- ``tx_used``: the transaction ran a statement;
 - ``session_owned``: a Session drives the connection, so its ``after_commit`` invalidates;
 - ``entity_writes``, ``entity_reloaded``: the rows a flush wrote, and those rows as reloaded
   just before the commit (``_write_through``);
 - ``schema_changed``: the transaction ran DDL: the foreign-key graph is read again after it.
 
-The functions below answer the questions several hooks ask of that state: is this transaction
-reading from an older snapshot, may the entity cache answer for this session.
+The functions below answer the questions several hooks ask of that state: does this
+transaction read from a snapshot, may the entity cache answer for this session.
+
+Snapshots.  A transaction under REPEATABLE READ / SERIALIZABLE takes its snapshot at its first
+statement and sees that one state until it ends.  No read of it is served from the cache, the
+first one included: a first read answered from the cache would leave the snapshot to a later
+statement, and the transaction would see two states (the cached one, and a newer one if
+anything committed in between).  Bypassed, the first read takes the snapshot as it would
+without the cache.  A SQLite transaction that has begun at the database (pysqlite and
+aiosqlite begin before the first DML; a ``BEGIN`` or a ``SAVEPOINT`` begins one at once) reads
+a snapshot too: in WAL mode other connections commit meanwhile and it keeps seeing what it
+first read, so its reads bypass as well until it ends, or until it writes: a transaction
+that wrote holds SQLite's only write lock (in WAL mode, taking it fails if the snapshot is not
+the latest), so nothing commits meanwhile and its reads of other tables are as fresh as any.
 """
 
 from __future__ import annotations
@@ -28,7 +40,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import engine_isolation_level
+from sqlalchemy.engine import Connection
+
+from ._compat import default_isolation_level, engine_isolation_level, sqlite_in_transaction
 from ._runtime_settings import STATE
 
 #: marks "a write whose target table is unknown": every cached read bypasses, commit clears all
@@ -86,13 +100,45 @@ def snapshot_isolated(conn: Any) -> bool:
     level = (
         conn.get_execution_options().get("isolation_level")
         or engine_isolation_level(dialect)
-        or dialect.default_isolation_level
+        or default_isolation_level(dialect)
     )
     return level in _SNAPSHOT_LEVELS
 
 
+def reads_snapshot(conn: Any, wrote: bool = False) -> bool:
+    """True when reads on ``conn``'s transaction must not be served from the cache: it runs
+    under snapshot isolation (before its first statement too), or it is a SQLite transaction
+    that has begun at the database and has not written (``wrote``: then it holds SQLite's only
+    write lock, its snapshot is the latest and stays so; see the module docstring)."""
+    if snapshot_isolated(conn):
+        return True
+    if wrote or conn.dialect.name != "sqlite":
+        return False
+    if conn.invalidated:
+        return True
+    # a driver that does not say: assume it began (bypass) rather than risk two states
+    return sqlite_in_transaction(conn.connection.dbapi_connection) is not False
+
+
+def bind_reads_snapshot(bind: Any) -> bool | None:
+    """:func:`reads_snapshot` for a Session's bind before it has a connection: for an engine,
+    whether the transactions it begins are snapshot-isolated; None when that is unknown (the
+    database's default level is read at the engine's first connection)."""
+    if isinstance(bind, Connection):
+        return not bind.closed and reads_snapshot(bind)
+    dialect = bind.dialect
+    if dialect.name == "sqlite":  # its connections begin only at a BEGIN, DML or SAVEPOINT
+        return False
+    level = (
+        bind.get_execution_options().get("isolation_level")
+        or engine_isolation_level(dialect)
+        or default_isolation_level(dialect)
+    )
+    return None if level is None else level in _SNAPSHOT_LEVELS
+
+
 def transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
-    """True when the session's transaction wrote, reads from an older snapshot, or runs on a
+    """True when the session's transaction wrote, reads from a snapshot, or runs on a
     connection whose session settings changed (the entity cache must not answer for it)."""
     for conn in session_connections(session):
         if conn.closed:
@@ -103,6 +149,6 @@ def transaction_blocks(session: Any, k: ConnectionKeys) -> bool:
         state = info.get(STATE)
         if state is not None and state.blocks_any():
             return True
-        if info.get(k.tx_used) and snapshot_isolated(conn):
+        if reads_snapshot(conn):
             return True
     return False

@@ -8,8 +8,14 @@ CASCADE``: ``_fkgraph``).  It also notes session settings a statement changes
 (``_runtime_settings``).
 
 Under AUTOCOMMIT isolation the write is already committed, so the commit path invalidates it at
-once (``_commit``).  Otherwise reads of those tables on that connection bypass the cache until
-the transaction ends, so a transaction sees its own writes and nothing uncommitted is stored.
+once (``_commit``).  So is a write after which a SQLite connection is outside any database
+transaction: DDL pysqlite runs without a ``BEGIN``, DML under the driver's own autocommit, and
+the ``RELEASE`` of a ``SAVEPOINT`` that began the transaction (no ``BEGIN`` before it: pysqlite
+begins only before DML, and SQLite begins one at a ``SAVEPOINT`` and commits it at its
+``RELEASE``), which commits every write noted before it: those are invalidated then, as the
+statement returns, whatever the outer transaction does next.  Otherwise reads of those tables
+on that connection bypass the cache until the transaction ends, so a transaction sees its own
+writes and nothing uncommitted is stored.
 The tables that declared ``invalidates`` rules add (``_write_rules``: what triggers write) count
 as written from the same statement on, not only at commit.  The connection's ``commit`` event
 (``_commit``) hands the set over to the commit path.
@@ -21,7 +27,7 @@ from typing import Any
 
 from ._analysis import cte_written_tables, ddl_tables, written_tables
 from ._commit import CommitPath
-from ._compat import is_autocommit
+from ._compat import is_autocommit, sqlite_in_transaction
 from ._fkgraph import ForeignKeyGraphs
 from ._listeners import Listeners
 from ._runtime_settings import might_change_state, observe
@@ -30,6 +36,12 @@ from ._transaction import ALL_TABLES, ConnectionKeys
 from ._write_rules import WriteRules
 
 _NONE: frozenset[str] = frozenset()
+
+
+def _sqlite_outside(conn: Any) -> bool:
+    """True when a SQLite connection is outside a database transaction after a statement ran:
+    whatever it wrote is committed (a driver that does not say: False, as before)."""
+    return sqlite_in_transaction(conn.connection.dbapi_connection) is False
 
 
 class WriteHooks(Listeners):
@@ -60,6 +72,11 @@ class WriteHooks(Listeners):
         info[self.k.tx_used] = True
         if context is None:
             return
+        sqlite_committed = context.dialect.name == "sqlite" and _sqlite_outside(conn)
+        if sqlite_committed and info.get(self.k.written):
+            # a RELEASE of the SAVEPOINT that began the transaction (or a textual COMMIT)
+            # committed the writes noted so far: invalidate them now, as under AUTOCOMMIT
+            self.commit_path.invalidate(info.pop(self.k.written))
         # session state: textual SQL and DDL, or set_config() in a statement that really ran
         if (context.is_text or context.isddl) or (
             not getattr(context.cursor, "hit", False) and might_change_state(statement)
@@ -89,7 +106,7 @@ class WriteHooks(Listeners):
             return
         if tables is not None:  # and what the database changes with them (FK actions)
             tables = self.fk_graphs.expand(conn, tables, truncated)
-        if is_autocommit(conn):  # already committed by the database: invalidate now
+        if sqlite_committed or is_autocommit(conn):  # committed already: invalidate now
             self.commit_path.invalidate(tables if tables is not None else (ALL_TABLES,))
             return
         written = info.get(self.k.written)

@@ -19,31 +19,10 @@ Params = dict[str, Any]
 #: Faults known and being fixed elsewhere.  While a name is listed here, the rules that would
 #: hit it are not generated (each use says what it skips).  Remove a name once its fix merges;
 #: ``SQLA_CACHE_DIFF_UNGATE=name,...`` (or ``all``) turns gates off for a run without editing.
-KNOWN_FAULTS: dict[str, str] = {
-    # found by this test ----------------------------------------------------------------
-    "entity_published_at_savepoint_release": (
-        "Session after_commit also fires when a savepoint is released: the entities flushed "
-        "so far are written through then, before the outer transaction commits or rolls back"
-    ),
-    "snapshot_first_read_from_cache": (
-        "REPEATABLE READ / SERIALIZABLE: a first read served from the cache takes no snapshot; "
-        "the snapshot starts at a later statement, so the transaction sees two states"
-    ),
-    "sqlite_savepoint_release_commits": (
-        "pysqlite: a SAVEPOINT that opens the transaction (no BEGIN before it) is committed by "
-        "SQLite at its RELEASE; the cache still treats its writes as uncommitted (a later "
-        "rollback drops them, and nothing is invalidated)"
-    ),
-    "sqlite_wal_snapshot": (
-        "SQLite in WAL mode: a transaction that has begun (SAVEPOINT, DML) reads a snapshot; "
-        "the cache neither bypasses for it nor refuses its fills, so after another commit it "
-        "is served newer rows and stores its older ones under the new tokens"
-    ),
-}
+KNOWN_FAULTS: dict[str, str] = {}
 
 
 WRITE_THROUGH = "entity_write_through_values"
-RELEASE_PUBLISHES = "entity_published_at_savepoint_release"
 
 
 def gated_faults() -> frozenset[str]:

@@ -141,8 +141,6 @@ class OpenTx:
     #: reads it served before are checked against its snapshot once it is taken
     pinned: bool = True
     unpinned: list[tuple[Any, dict[str, Any], Any, int]] = field(default_factory=list)
-    #: SQLite: the commit count when its connection's transaction began (WAL snapshot)
-    sqlite_since: int | None = None
     # for the known-fault gates only:
     entity_flushed: set[str] = field(default_factory=set)
     db_written: set[str] = field(default_factory=set)

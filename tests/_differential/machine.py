@@ -107,8 +107,6 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
     @invariant()
     def counted(self) -> None:
         self.count("steps")  # runs after every step (and once after __init__)
-        for tx in self.active():
-            self.observe(tx)
 
     # reads ---------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm.util import identity_key
 
 from sqla_redis_cache import cached
 
-from .common import RELEASE_PUBLISHES, WRITE_THROUGH, plain
+from .common import WRITE_THROUGH, plain
 from .env import Frame, OpenTx, expected_failure, short
 from .reads import Extract, ReadShape
 
@@ -34,24 +34,7 @@ class TransactionRules(_Base):
     """Rules on open transactions; mixed into :class:`~.machine.DifferentialMachine`."""
 
     def readable(self) -> list[OpenTx]:
-        return [t for t in self.active() if t.session is not None and not self.wal_gated(t)]
-
-    def wal_gated(self, tx: OpenTx) -> bool:
-        """Gate of "sqlite_wal_snapshot": the transaction's snapshot predates a commit."""
-        since = tx.sqlite_since
-        return since is not None and self.commits > since and "sqlite_wal_snapshot" in self.gates
-
-    def observe(self, tx: OpenTx) -> None:
-        """Note when SQLite really began the transaction (pysqlite BEGINs at the first DML,
-        SQLite itself at a SAVEPOINT); others can commit later only if it holds no write."""
-        if self.dialect != "sqlite":
-            return
-        conn = tx.session.connection() if tx.session is not None else tx.conn
-        assert conn is not None
-        if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-            tx.sqlite_since = None
-        elif tx.sqlite_since is None:
-            tx.sqlite_since = self.commits
+        return [t for t in self.active() if t.session is not None]
 
     @precondition(lambda self: bool(self.readable()))
     @rule(data=st.data())
@@ -85,7 +68,6 @@ class TransactionRules(_Base):
         self.read_in(tx, data, shape, p)
         if tx in self.txs and not self.sqlite_locked():
             self.write(data)
-            self.observe(tx)
             if tx in self.readable():
                 self.read_in(tx, data, shape, p)
 
@@ -162,9 +144,6 @@ class TransactionRules(_Base):
                 elif tx.isolation:
                     s.connection(execution_options={"isolation_level": tx.isolation})
                 tx.pinned = not tx.isolation
-                if tx.isolation and "snapshot_first_read_from_cache" in self.gates:
-                    s.execute(text("SELECT 1"))  # gated: take the snapshot before any read
-                    tx.pinned = True
         self.txs.append(tx)
         self.note(f"open {tx}")
         recent = [(s, p) for s, p in self.recent.values() if s in self.tx_shapes]
@@ -184,7 +163,9 @@ class TransactionRules(_Base):
     @precondition(lambda self: bool(self.active()))
     @rule(data=st.data())
     def tx_write(self, data: st.DataObject) -> None:
-        tx = self.draw_tx(data)
+        self.write_in(self.draw_tx(data), data)
+
+    def write_in(self, tx: OpenTx, data: st.DataObject) -> None:
         kinds = {"core"} if tx.session is None else {"orm", "session", "core"}
         path = self.draw_path(data, kinds, tx)
         p = self.params(data, path)
@@ -219,34 +200,54 @@ class TransactionRules(_Base):
     @precondition(lambda self: any(len(t.frames) < 2 for t in self.active()))
     @rule(data=st.data())
     def tx_savepoint(self, data: st.DataObject) -> None:
-        tx = data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2]))
+        self.savepoint(data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2])))
+
+    def savepoint(self, tx: OpenTx) -> bool:
         self.pin(tx)
-        if self.dialect == "sqlite" and "sqlite_savepoint_release_commits" in self.gates:
-            conn = tx.session.connection() if tx.session is not None else tx.conn
-            if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-                self.note(f"in {tx}: SAVEPOINT skipped (gated: no BEGIN yet)")
-                return
         try:  # a Session flushes pending changes first
             handle = tx.session.begin_nested() if tx.session else tx.conn.begin_nested()  # type: ignore[union-attr]
         except Exception as exc:
             self.failed(tx, "SAVEPOINT", exc)
-            return
+            return False
         tx.frames.append(Frame(handle))
         self.note(f"in {tx}: SAVEPOINT (depth {len(tx.frames)})")
+        return True
+
+    @precondition(lambda self: any(len(t.frames) < 2 for t in self.active()))
+    @rule(data=st.data())
+    def tx_savepoint_round(self, data: st.DataObject) -> None:
+        """SAVEPOINT, a write (flushed), RELEASE or ROLLBACK TO, then reads inside the
+        transaction and outside: a released savepoint is committed by nothing but the
+        outermost commit (SQLite: unless it began the transaction), a rolled-back one never."""
+        tx = data.draw(st.sampled_from([t for t in self.active() if len(t.frames) < 2]))
+        if not self.savepoint(tx):
+            return
+        self.write_in(tx, data)
+        if tx not in self.txs or not tx.frames:
+            return
+        if tx.session is not None:
+            try:
+                tx.session.flush()
+            except Exception as exc:
+                self.failed(tx, "flush", exc)
+                return
+        self.end_savepoint(tx, data.draw(st.booleans(), label="rollback"))
+        recent = [(s, p) for s, p in self.recent.values() if s in self.tx_shapes]
+        if recent and tx in self.readable():
+            shape, p = data.draw(st.sampled_from(recent), label="recent")
+            self.read_in(tx, data, shape, p)
+        self.check_recent(2, canaries=False)
 
     @precondition(lambda self: any(t.frames for t in self.active()))
     @rule(data=st.data())
     def tx_end_savepoint(self, data: st.DataObject) -> None:
         tx = data.draw(st.sampled_from([t for t in self.active() if t.frames]), label="tx")
+        self.end_savepoint(tx, data.draw(st.booleans(), label="rollback"))
+
+    def end_savepoint(self, tx: OpenTx, rollback: bool) -> None:
         frame = tx.frames[-1]
-        rollback = data.draw(st.booleans(), label="rollback")
         if rollback and frame.entity_flushed and WRITE_THROUGH in self.gates:
             rollback = False  # gated: write-through would publish the rolled-back flush
-        if not rollback and tx.entity_flushed and RELEASE_PUBLISHES in self.gates:
-            if frame.entity_flushed and WRITE_THROUGH in self.gates:
-                self.note(f"in {tx}: savepoint kept (both ways out are gated)")
-                return
-            rollback = True  # gated: releasing would write the tx's entities through now
         try:
             frame.handle.rollback() if rollback else frame.handle.commit()
         except Exception as exc:
