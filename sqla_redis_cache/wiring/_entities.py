@@ -167,7 +167,7 @@ class Entities:
         deps = self.deps(hierarchy, translate)
         if self.versions.owes and not self.versions.settle():
             return key, deps, None, None, mapper
-        values = self.store.get_many([key, *deps])
+        values = self.store.read([key, *deps])
         if values is FAILED:
             return key, deps, None, None, mapper
         entry = values[0]
