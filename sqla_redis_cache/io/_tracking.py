@@ -222,7 +222,7 @@ class TrackingLink:
             self._call("HELLO", "3", "AUTH", user or "default", password)
         else:
             self._call("HELLO", "3")
-        self._call("CLIENT", "SETNAME", "sqla-redis-cache-tracking")
+        self._call("CLIENT", "SETNAME", "sqla-redis-cache-tracking:" + prefix.rstrip(":"))
         self._call("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix)
 
     def fileno(self) -> int:
