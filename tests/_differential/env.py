@@ -1,12 +1,14 @@
 """The machine's surroundings: the database under test, the two cache sides, open transactions.
 
 Two ``QueryCache`` instances share one namespace, each with its own engine and sessionmaker
-(both attached): side A and side B stand for two processes.  The reference engine has no
-cache attached; it reads what the database holds.
+(both attached): side A and side B stand for two processes, each with its own tracked near
+cache (its own tracking connection and memory: they share nothing but Redis).  The reference
+engine has no cache attached; it reads what the database holds.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +81,16 @@ class Env:
         sessions = sessionmaker(engine)
         cache.attach(engine)
         cache.attach(sessions)
+        # the tracked near cache (on by default): each side has its own tracking connection
+        # and process memory, so a read on one side after a commit on the other is served from
+        # memory only if Redis's invalidation message reached it; wait until it is live
+        near = cache._storage.near
+        assert near is not None, "the differential runs with the tracked near cache on"
+        near.start()
+        deadline = time.monotonic() + 10
+        while not near.live and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert near.live, "the tracking connection did not come up"
         return Side(label, cache, engine, sessions)
 
     def dispose(self) -> None:
