@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from sqlalchemy.orm import sessionmaker
 from sqla_redis_cache import QueryCache, cached
 
 from . import _services
+from ._tracking import wait_live
 from .conftest import Database, RedisTarget
 
 pytestmark = pytest.mark.deployments("standalone", "cluster", "sentinel")
@@ -47,16 +47,6 @@ def masters(target: RedisTarget) -> list[Any]:
     if target.settings.get("cluster"):
         return [client.get_redis_connection(node) for node in client.get_primaries()]
     return [client]
-
-
-def wait_live(cache: QueryCache, timeout: float = 10.0) -> None:
-    near = cache._storage.near
-    assert near is not None, "tracking is off"
-    near.start()
-    deadline = time.monotonic() + timeout
-    while not near.live:
-        assert time.monotonic() < deadline, "the tracking connection never came up"
-        time.sleep(0.01)
 
 
 @pytest.fixture
