@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -322,5 +323,81 @@ def test_asyncio_hits_from_memory_and_sees_commits(
 
     try:
         asyncio.run(main())
+    finally:
+        cache.close()
+
+
+def test_a_forked_child_tracks_on_its_own(
+    counter_db: Database, private_redis: str, namespace: str
+) -> None:
+    """After ``fork()`` the child must not read the parent's tracking socket (it would steal
+    the parent's messages): it starts its own connection; both stay fresh."""
+    import os
+
+    cache = attached(
+        QueryCache.from_url(private_redis, namespace=namespace, stats_interval=0), counter_db
+    )
+    other = QueryCache.from_url(
+        private_redis, namespace=namespace, stats_interval=0, near_cache_tracking=False
+    )
+    other_session = sessionmaker(counter_db.engine)
+    other.attach(other_session)
+    try:
+        assert read_counter(counter_db) == 0
+        assert read_counter(counter_db) == 0
+        counter_db.engine.dispose(close=False)  # the child gets its own database connections
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its own tracking connection, and fresh reads
+            code = 1
+            try:
+                os.close(from_parent)
+                os.close(to_parent)
+                wait_live(cache)
+                assert read_counter(counter_db) == 0
+                assert read_counter(counter_db) == 0
+                os.write(from_child, b"r")
+                os.read(to_child, 1)  # the parent committed
+                code = 0 if read_counter(counter_db) == 5 else 2
+            finally:
+                os._exit(code)
+        os.close(to_child)
+        os.close(from_child)
+        assert os.read(to_parent, 1) == b"r", "the child failed before reading"
+        with other_session() as s:
+            s.execute(counter.update().values(n=5))
+            s.commit()
+        assert read_counter(counter_db) == 5  # the parent still hears its messages
+        os.write(from_parent, b"c")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        names = [c["name"] for c in redis.Redis.from_url(private_redis).client_list()]
+        assert names.count(f"sqla-redis-cache-tracking:{namespace}") == 1  # the child's closed
+    finally:
+        other.close()
+        cache.clear()
+        cache.close()
+
+
+def test_an_acl_user_without_role_gets_ping_heartbeats(
+    counter_db: Database, private_redis: str, namespace: str
+) -> None:
+    from ._deployments import add_cache_user
+
+    admin = redis.Redis.from_url(private_redis)
+    add_cache_user(admin, "norole", "pw", namespace)
+    url = private_redis.replace("redis://", "redis://norole:pw@")
+    cache = attached(QueryCache.from_url(url, namespace=namespace, stats_interval=0), counter_db)
+    try:
+        links = cache._storage.near._links  # type: ignore[union-attr]
+        assert links and not links[0].checks_role
+        read_counter(counter_db)
+        read_counter(counter_db)
+        time.sleep(0.6)  # heartbeats keep the lease
+        before = cache.stats().near["hits"]
+        assert read_counter(counter_db) == 0
+        assert cache.stats().near["hits"] == before + 1
+        assert cache.stats().near["resets"] == 0
     finally:
         cache.close()

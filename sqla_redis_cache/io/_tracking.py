@@ -14,7 +14,9 @@ module speaks the few RESP3 frames tracking needs itself:
   ``FLUSHDB``): every key is then invalid;
 - the heartbeat ``ROLE``: its reply, which Redis sends on this connection *after* every push
   it queued before handling it, is a barrier (everything changed before the heartbeat reached
-  Redis has been heard once its reply is read), and says the node is still a master.
+  Redis has been heard once its reply is read), and says the node is still a master.  An ACL
+  user that may not run ``ROLE`` gets ``PING`` heartbeats (a barrier too); ``HELLO`` still
+  checks the role when connecting.
 
 ``BCAST`` tracks by prefix, not by what this connection read, so which connection (sync pool,
 asyncio client, another thread) read a key does not matter.  Redis queues a broadcast
@@ -145,6 +147,7 @@ def _command(*args: str | bytes) -> bytes:
 
 
 _ROLE = _command("ROLE")
+_PING = _command("PING")
 
 
 def _credentials(config: CacheConfig) -> tuple[str | None, str | None]:
@@ -175,6 +178,9 @@ class TrackingLink:
 
     def __init__(self, config: CacheConfig, endpoint: Endpoint, prefix: str) -> None:
         self.endpoint = endpoint
+        #: heartbeats are ``ROLE`` (and a node that is no longer master ends the link), or
+        #: ``PING`` when the ACL user may not run ``ROLE``
+        self.checks_role = True
         self.confirmed = float("-inf")
         self._sent: deque[float] = deque()
         self._parser = Resp3()
@@ -219,9 +225,15 @@ class TrackingLink:
     def _handshake(self, config: CacheConfig, prefix: str) -> None:
         user, password = _credentials(config)
         if password:
-            self._call("HELLO", "3", "AUTH", user or "default", password)
+            hello = self._call("HELLO", "3", "AUTH", user or "default", password)
         else:
-            self._call("HELLO", "3")
+            hello = self._call("HELLO", "3")
+        if isinstance(hello, dict) and hello.get(b"role", b"master") != b"master":
+            raise TrackingLost(f"{self.endpoint} is not a master")
+        try:
+            self._call("ROLE")
+        except TrackingLost:  # an ACL user without +role: PING heartbeats (docs/deployment.md)
+            self.checks_role = False
         self._call("CLIENT", "SETNAME", "sqla-redis-cache-tracking:" + prefix.rstrip(":"))
         self._call("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix)
 
@@ -229,9 +241,9 @@ class TrackingLink:
         return self._sock.fileno()
 
     def heartbeat(self, now: float) -> None:
-        """Send ``ROLE``; its reply confirms everything Redis pushed before it."""
+        """Send ``ROLE`` (or ``PING``); its reply confirms everything Redis pushed before it."""
         try:
-            self._sock.sendall(_ROLE)
+            self._sock.sendall(_ROLE if self.checks_role else _PING)
         except (OSError, ValueError) as exc:
             raise TrackingLost(f"heartbeat failed: {exc}") from exc
         self._sent.append(now)
@@ -280,7 +292,9 @@ class TrackingLink:
             if isinstance(value, TrackingLost):
                 raise value
             sent = self._sent.popleft() if self._sent else None
-            if not isinstance(value, list) or not value or value[0] != b"master":
+            if self.checks_role and (
+                not isinstance(value, list) or not value or value[0] != b"master"
+            ):
                 raise TrackingLost(f"{self.endpoint} is no longer a master")
             if sent is not None:
                 self.confirmed = sent

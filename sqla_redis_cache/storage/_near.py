@@ -32,9 +32,11 @@ Memory is bounded by ``near_cache_keys`` and ``near_cache_bytes`` (least recentl
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -49,6 +51,26 @@ log = logging.getLogger("sqla_redis_cache")
 BACKLOG_BYTES = 1024 * 1024
 #: per-key bookkeeping counted with each value's size
 _KEY_OVERHEAD = 100
+#: keys noted as invalidated while reads are in flight, at most (then memory is emptied)
+MAX_NOTED = 100_000
+
+#: every NearValues of this process, told when it forks (registered with the first one)
+_after_fork: weakref.WeakSet[NearValues] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for near in list(_after_fork):
+        near.forked()
+
+
+_fork_hook: list[bool] = []
+
+
+def _watch_forks(near: NearValues) -> None:
+    if not _fork_hook:
+        _fork_hook.append(True)
+        os.register_at_fork(after_in_child=_forked)
+    _after_fork.add(near)
 
 Ticket = tuple[int, int]
 
@@ -84,6 +106,7 @@ class NearValues:
         self._stopped = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        _watch_forks(self)
         # figures for stats()
         self.hits = 0
         self.invalidated = 0
@@ -188,9 +211,23 @@ class NearValues:
                 self.invalidated += 1
             if tracking:
                 self._since[key] = seq
+        if len(self._since) > MAX_NOTED:  # reads overlapping for long: distrust them all
+            self._since.clear()
+            self._clear()
 
     def _flush(self) -> None:
         self._clear()
+
+    def forked(self) -> None:
+        """In a child process: the inherited sockets are the parent's (reading them would
+        steal its messages) and the thread did not survive; start over."""
+        self._lock = threading.Lock()
+        self._links = []  # not closed: closing a TLS socket could talk on the parent's behalf
+        self._clear()
+        self._confirmed = float("-inf")
+        self._tickets = 0
+        self._since.clear()
+        self._thread = None
 
     def _clear(self) -> None:
         self._data.clear()
@@ -233,14 +270,22 @@ class NearValues:
             self._thread.start()
 
     def _run(self) -> None:
-        delay = 0.05
+        delay, cap = 0.05, self.config.breaker_cooldown
+        connected_at: float | None = None
         while not self._stopped.is_set():
             if not self._links:
+                if connected_at is not None:  # a connection was lost
+                    if time.monotonic() - connected_at >= 1.0:
+                        delay = 0.05  # it had lasted: reconnect promptly
+                    else:  # it did not (a refused heartbeat, a flapping node): back off
+                        self._stopped.wait(delay)
+                        delay = min(delay * 2, cap)
+                    connected_at = None
                 if not self._connect():
                     self._stopped.wait(delay)
-                    delay = min(delay * 2, self.config.breaker_cooldown)
+                    delay = min(delay * 2, cap)
                     continue
-                delay = 0.05
+                connected_at = time.monotonic()
             self._tick()
 
     def _connect(self) -> bool:
