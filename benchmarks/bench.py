@@ -216,6 +216,23 @@ def start_latency_proxy(redis_url: str, one_way_ms: float) -> tuple[Any, str]:
     return proxy, parts._replace(netloc=f"127.0.0.1:{port}").geturl()
 
 
+def _redis_round_trip_ms(redis_url: str) -> float:
+    """Median ``PING`` round trip to ``redis_url`` (through the proxy when there is one)."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        client.ping()
+        samples = []
+        for _ in range(200):
+            start = time.perf_counter()
+            client.ping()
+            samples.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    return round(statistics.median(samples) * 1000, 3)
+
+
 def _data_commands(redis_url: str) -> int:
     """Data commands the server has run (``INFO commandstats``; the tracking connection's
     heartbeat and handshake left out)."""
@@ -278,6 +295,7 @@ def _run(
         "rows": rows,
         "near_cache": near_cache,
         "added_latency_ms": added_latency_ms,
+        "redis_ping_ms": _redis_round_trip_ms(redis_url),
         "shapes": {},
     }
     for name, make in SHAPES.items():
