@@ -401,3 +401,18 @@ def test_an_acl_user_without_role_gets_ping_heartbeats(
         assert cache.stats().near["resets"] == 0
     finally:
         cache.close()
+
+
+def test_a_cache_dropped_without_close_ends_its_tracking(
+    private_redis: str, namespace: str
+) -> None:
+    import gc
+
+    cache = QueryCache.from_url(private_redis, namespace=namespace, stats_interval=0)
+    wait_live(cache)
+    thread = cache._storage.near._thread  # type: ignore[union-attr]
+    assert thread is not None and thread.is_alive()
+    del cache
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()

@@ -75,6 +75,32 @@ def _watch_forks(near: NearValues) -> None:
 Ticket = tuple[int, int]
 
 
+class _Backoff:
+    """Reconnection delays of the background thread (doubling up to ``cap``)."""
+
+    first = 0.05
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self.delay = self.first
+        self.connected_at: float | None = None
+
+    def wait(self, stopped: threading.Event) -> None:
+        stopped.wait(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
+
+
+def _background(ref: weakref.ref[NearValues], backoff: _Backoff) -> None:
+    """The tracking thread.  It holds its NearValues only during a turn: a cache dropped
+    without ``close()`` is collected, and the thread ends with it (its sockets close)."""
+    while True:
+        near = ref()
+        if near is None or near.stopped:
+            return
+        near.step(backoff)
+        del near
+
+
 class NearValues:
     """Values of Redis keys in process memory, coherent through client tracking."""
 
@@ -265,28 +291,32 @@ class NearValues:
             if self._thread is not None or self._stopped.is_set():
                 return
             self._thread = threading.Thread(
-                target=self._run, name="sqla-redis-cache-tracking", daemon=True
+                target=_background,
+                args=(weakref.ref(self), _Backoff(self.config.breaker_cooldown)),
+                name="sqla-redis-cache-tracking",
+                daemon=True,
             )
             self._thread.start()
 
-    def _run(self) -> None:
-        delay, cap = 0.05, self.config.breaker_cooldown
-        connected_at: float | None = None
-        while not self._stopped.is_set():
-            if not self._links:
-                if connected_at is not None:  # a connection was lost
-                    if time.monotonic() - connected_at >= 1.0:
-                        delay = 0.05  # it had lasted: reconnect promptly
-                    else:  # it did not (a refused heartbeat, a flapping node): back off
-                        self._stopped.wait(delay)
-                        delay = min(delay * 2, cap)
-                    connected_at = None
-                if not self._connect():
-                    self._stopped.wait(delay)
-                    delay = min(delay * 2, cap)
-                    continue
-                connected_at = time.monotonic()
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def step(self, backoff: _Backoff) -> None:
+        """One turn of the background thread: (re)connect, or wait, drain and heartbeat."""
+        if self._links:
             self._tick()
+            return
+        if backoff.connected_at is not None:  # a connection was lost
+            if time.monotonic() - backoff.connected_at >= 1.0:
+                backoff.delay = backoff.first  # it had lasted: reconnect promptly
+            else:  # it did not (a refused heartbeat, a flapping node): back off
+                backoff.wait(self._stopped)
+            backoff.connected_at = None
+        if self._connect():
+            backoff.connected_at = time.monotonic()
+        else:
+            backoff.wait(self._stopped)
 
     def _connect(self) -> bool:
         links: list[TrackingLink] = []
