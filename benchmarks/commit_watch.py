@@ -49,9 +49,7 @@ def _watch(database_url: str, redis_url: str, namespace: str, tracking: bool) ->
     cache.close()
 
 
-def measure(
-    database_url: str, redis_url: str, tracking: bool, commits: int = 30
-) -> dict[str, Any]:
+def measure(database_url: str, redis_url: str, tracking: bool, commits: int = 30) -> dict[str, Any]:
     from .bench import BenchItem
 
     namespace = "sqla_cache_bench_watch"

@@ -65,7 +65,9 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 @click.option("--rounds", default=30, show_default=True)
 @click.option("--block", default=10, show_default=True, help="Executions timed per round.")
 @click.option("--rows", default=200_000, show_default=True)
-@click.option("--no-near-cache", is_flag=True, help="Decode every hit (no decoded results kept in process).")
+@click.option(
+    "--no-near-cache", is_flag=True, help="Decode every hit (no decoded results kept in process)."
+)
 @click.option(
     "--added-latency-ms",
     default=0.0,

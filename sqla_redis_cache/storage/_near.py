@@ -72,6 +72,7 @@ def _watch_forks(near: NearValues) -> None:
         os.register_at_fork(after_in_child=_forked)
     _after_fork.add(near)
 
+
 Ticket = tuple[int, int]
 
 
@@ -388,9 +389,7 @@ class NearValues:
                 "bytes": self._bytes,
                 "invalidated": self.invalidated,
                 "resets": self.resets,
-                "live": int(
-                    bool(self._links) and time.monotonic() - self._confirmed <= self.lease
-                ),
+                "live": int(bool(self._links) and time.monotonic() - self._confirmed <= self.lease),
             }
 
     def close(self) -> None:
