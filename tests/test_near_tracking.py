@@ -416,3 +416,52 @@ def test_a_cache_dropped_without_close_ends_its_tracking(
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_backlog_of_invalidations_empties_memory_until_a_new_heartbeat(
+    private_redis: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More bytes waiting than the threshold: Redis may still hold more for us (our socket
+    buffer was full), so memory is emptied and only a heartbeat sent afterwards restores it."""
+    from sqla_redis_cache.storage import _near
+
+    monkeypatch.setattr(_near, "BACKLOG_BYTES", 200)
+    cache = QueryCache.from_url(private_redis, namespace=namespace, stats_interval=0)
+    wait_live(cache)
+    admin = redis.Redis.from_url(private_redis)
+    try:
+        cache.get_or_set("k", lambda: 1)
+        assert cache.get_or_set("k", lambda: 2) == 1
+        near = cache._storage.near
+        assert near is not None
+        with near._lock:  # hold the background thread off: the messages pile up
+            for i in range(20):
+                admin.set(f"{namespace}:other:{i}", b"x")
+            time.sleep(0.05)
+            assert not near._trusted()
+            assert len(near._data) == 0
+        assert near.resets == 1
+        assert cache.get_or_set("k", lambda: 3) == 1  # validated: Redis still has it
+        wait_live(cache)
+        cache.get_or_set("k", lambda: 4)
+        before = near.hits
+        assert cache.get_or_set("k", lambda: 5) == 1
+        assert near.hits == before + 1
+    finally:
+        cache.close()
+
+
+def test_delete_pattern_forgets_memory(private_redis: str, namespace: str) -> None:
+    cache = QueryCache.from_url(private_redis, namespace=namespace, stats_interval=0)
+    wait_live(cache)
+    try:
+        cache.set("a1", 1)
+        assert cache.get("a1") == 1
+        before = cache.stats().near["hits"]
+        assert cache.get("a1") == 1
+        assert cache.stats().near["hits"] == before + 1  # from memory
+        cache.delete_pattern("a*")
+        assert cache.get("a1") is None
+        assert cache.get_or_set("a1", lambda: 2) == 2
+    finally:
+        cache.close()

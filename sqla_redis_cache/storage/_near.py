@@ -109,7 +109,6 @@ class NearValues:
         self,
         config: CacheConfig,
         find_endpoints: Callable[[], list[Endpoint]],
-        on_reset: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.max_keys = config.near_cache_keys
@@ -129,7 +128,7 @@ class NearValues:
         self._since: dict[str, int] = {}
         #: the oldest heartbeat send time every link has confirmed (lease start)
         self._confirmed = float("-inf")
-        self._on_reset = on_reset
+        self._not_before = float("-inf")
         self._stopped = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -211,6 +210,11 @@ class NearValues:
         with self._lock:
             self._invalidate(keys)
 
+    def forget_all(self) -> None:
+        """Drop everything now (this process deleted keys it cannot name)."""
+        with self._lock:
+            self._clear()
+
     def _put(self, key: str, value: bytes) -> None:
         data = self._data
         size = len(value) + len(key) + _KEY_OVERHEAD
@@ -267,17 +271,17 @@ class NearValues:
         self._clear()
         self.resets += 1
         self._confirmed = float("-inf")
+        self._not_before = time.monotonic()  # the lease needs a heartbeat sent from now on
         if not keep_links:
             for link in self._links:
                 link.close()
             self._links = []
             self._wake.set()
             log.info("near cache: tracking lost (%s); validating every read until it is back", why)
-        if self._on_reset is not None:
-            self._on_reset()
 
     def _refresh_lease(self) -> None:
-        self._confirmed = min(link.confirmed for link in self._links)
+        confirmed = min(link.confirmed for link in self._links)
+        self._confirmed = confirmed if confirmed >= self._not_before else float("-inf")
 
     def reset(self) -> None:
         """Empty memory and reconnect (Redis may be another server: failover, restart)."""

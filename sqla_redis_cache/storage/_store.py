@@ -273,6 +273,15 @@ class Store:
         finally:  # what this process changed is never served from its memory again
             near.forget(written(operations))
 
+    def delete_matching(self, match: str) -> int:
+        """Delete the keys matching the glob ``match`` (see ``RedisIO``); how many, or
+        FAILED.  The near cache forgets everything (which keys went is not known here)."""
+        try:
+            return self.call(lambda: self.io.delete_matching(match))
+        finally:
+            if self.near is not None:
+                self.near.forget_all()
+
     def lock(self, name: str) -> Mutex:
         if not self.breaker.allow():
             return NO_MUTEX
