@@ -20,9 +20,10 @@ module speaks the few RESP3 frames tracking needs itself:
 
 ``BCAST`` tracks by prefix, not by what this connection read, so which connection (sync pool,
 asyncio client, another thread) read a key does not matter.  Redis queues a broadcast
-invalidation in the same event-loop iteration that replies to the writer, before writing any
-reply (``beforeSleep``: ``trackingBroadcastInvalidationMessages`` then the pending writes), so a
-writer cannot hear "committed" before the message was handed to every tracking socket.
+invalidation for every tracking connection in the event-loop pass that executed the write,
+before it writes any reply of that pass (``beforeSleep``: ``trackingBroadcastInvalidationMessages``
+then ``handleClientsWithPendingWrites``), and writes them all in that same pass: the writer's
+reply never leaves Redis a pass ahead of the message.
 
 Endpoints per deployment (:func:`endpoints`): the URL's server; Sentinel's current master; every
 primary of a cluster (a key is tracked by the node that holds it, so all of them are followed).
