@@ -31,6 +31,11 @@ Replaying a failure
     ``@reproduce_failure('<version>', b'<blob>')``; ``SQLA_CACHE_DIFF_BLOB=<blob>`` replays
     exactly that shrunk case.
 
+Without the near cache
+    ``SQLA_CACHE_DIFF_TRACKING=0`` builds every side with ``near_cache_tracking=False`` (every
+    hit validated against Redis): replaying a failing seed with it tells a near-cache fault
+    from another.
+
 Known faults
     ``tests/_differential/common.py:KNOWN_FAULTS`` lists faults being fixed elsewhere; the
     rules that would hit one are not generated while its name is listed.  Remove the name
