@@ -62,7 +62,10 @@ class Storage:
         self.near: NearValues | None = None
         if config.near_cache_tracking and isinstance(io, SyncIO):
             client = io
-            self.near = NearValues(config, lambda: endpoints(config, client.client))
+            breaker = self.store.breaker
+            self.near = NearValues(
+                config, lambda: endpoints(config, client.client), lambda: not breaker.is_open
+            )
             self.store.near = self.near
         lost: list[Callable[[], None]] = []
         if config.invalidate_after_outage:

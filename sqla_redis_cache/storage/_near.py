@@ -109,6 +109,7 @@ class NearValues:
         self,
         config: CacheConfig,
         find_endpoints: Callable[[], list[Endpoint]],
+        may_connect: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.max_keys = config.near_cache_keys
@@ -116,6 +117,8 @@ class NearValues:
         self.lease = config.near_cache_lease
         self.heartbeat_every = self.lease / 4
         self._find = find_endpoints
+        #: False while Redis is known to be down (the store's breaker is open): no attempts
+        self._may_connect = may_connect
         self._prefix = config.namespace + ":"
         self._data: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0
@@ -318,7 +321,7 @@ class NearValues:
             else:  # it did not (a refused heartbeat, a flapping node): back off
                 backoff.wait(self._stopped)
             backoff.connected_at = None
-        if self._connect():
+        if self._may_connect() and self._connect():
             backoff.connected_at = time.monotonic()
         else:
             backoff.wait(self._stopped)
