@@ -16,12 +16,14 @@ from ._config import CacheConfig, RegionConfig
 from ._errors import ConfigurationError
 from .io import RedisIO
 from .storage._stats import CacheStats, GroupStats
+from .wiring._capture import ChangeCapture
 from .wiring._explain import Explanation
 from .wiring._options import cached, uncached
 
 __all__ = [
     "CacheConfig",
     "CacheStats",
+    "ChangeCapture",
     "ConfigurationError",
     "Explanation",
     "GroupStats",

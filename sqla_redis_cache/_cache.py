@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
@@ -30,6 +31,7 @@ from .storage import Storage
 from .storage._stats import CacheStats, StatsFlusher
 from .wiring import _compat
 from .wiring._attach import Wiring
+from .wiring._capture import LIVENESS_TIMEOUT, ChangeCapture
 from .wiring._explain import Explanation
 
 T = TypeVar("T")
@@ -54,6 +56,8 @@ class QueryCache(AsyncAPI):
         self._flusher = StatsFlusher(self.flush_stats, config.stats_interval)
         #: statistics are shared through Redis; an in-process backend keeps them local
         self._stats_shared = not isinstance(io, MemoryIO)
+        #: change-capture listeners of this cache: ``close()`` stops them
+        self._captures: weakref.WeakSet[ChangeCapture] = weakref.WeakSet()
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sqlacache", **settings: Any) -> QueryCache:
@@ -123,7 +127,10 @@ class QueryCache(AsyncAPI):
         self._wiring.detach(target)
 
     def close(self) -> None:
-        """Detach everything and close the Redis connections."""
+        """Stop the change-capture listeners, detach everything, close the Redis connections."""
+        for capture in list(self._captures):
+            if capture.running:
+                capture.stop()
         self._wiring.close()
         self._flusher.stop()
         if self.config.stats_interval:
@@ -148,6 +155,29 @@ class QueryCache(AsyncAPI):
         if not self._wiring.commit_path.invalidate_everything():
             return -1
         return _generic.delete_namespace(self._storage)
+
+    def change_capture(
+        self, engine: Any, *, liveness_timeout: float = LIVENESS_TIMEOUT
+    ) -> ChangeCapture:
+        """Change capture from PostgreSQL: writes made outside the application (``psql``, a
+        migration, another service) invalidate this cache's entries too.
+
+        ``engine``: the application's PostgreSQL engine (or its URL; any driver, asyncio
+        included).  The result's ``install(tables=None)`` / ``uninstall(tables=None)`` manage
+        the triggers, ``start()`` / ``stop()`` a listener thread in this process, ``run()``
+        the same listener in the foreground (``sqla-redis-cache capture run``).  While no
+        listener of the namespace is alive, reads of captured tables run against the database;
+        ``liveness_timeout`` bounds how long a crashed listener goes unnoticed.  See
+        docs/capture.md.
+        """
+        capture = ChangeCapture(
+            self._storage,
+            self._wiring.commit_path,
+            engine,
+            liveness_timeout=liveness_timeout,
+        )
+        self._captures.add(capture)
+        return capture
 
     # entities ------------------------------------------------------------------------------
     #

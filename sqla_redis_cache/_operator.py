@@ -34,6 +34,7 @@ def status(cache: QueryCache) -> dict[str, Any]:
     shared = cache.shared_stats()
     report["shared_stats"] = None if shared is None else shared.as_dict()
     report["warmup"] = parts.warmup.names
+    report["capture"] = _admin.capture_state(parts.storage)
     return report
 
 

@@ -3,7 +3,7 @@
 Each command is a thin shell over the public API; errors that a user can fix (a bad URL, an
 unreachable server, a wrong ``--app``) are printed as one line with a non-zero exit code, never
 a traceback. The operator commands (``status``, ``clear``, ``stats``, ``reset-stats``, ``warm``,
-``top``, ``explain``) find the cache the same way: ``--app module:attribute`` names the
+``top``, ``explain``, ``capture``) find the cache the same way: ``--app module:attribute`` names the
 application's own :class:`~sqla_redis_cache.QueryCache` (needed by ``warm``, whose callables the
 application registers), else ``--redis-url``/``--namespace``, else the environment variables of
 ``QueryCache.from_env`` (``REDIS_URL`` or ``REDIS_HOST``/``PORT``/...,
@@ -77,6 +77,13 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 @click.option("--async", "use_async", is_flag=True, help="AsyncSession (asyncpg), with throughput.")
 @click.option("--concurrency", default=100, show_default=True, help="Coroutines (--async).")
 @click.option("--seconds", default=3.0, show_default=True, help="Throughput run (--async).")
+@click.option(
+    "--workload",
+    type=click.Choice(["queries", "capture"]),
+    default="queries",
+    show_default=True,
+    help="capture: change-capture lag (idle, 200 commits/s) and trigger cost per UPDATE.",
+)
 def bench(
     database_url: str,
     redis_url: str,
@@ -88,12 +95,15 @@ def bench(
     use_async: bool,
     concurrency: int,
     seconds: float,
+    workload: str,
 ) -> None:
     """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library.
 
     The benchmarks live in the source checkout (benchmarks/), not in the installed package.
     """
-    if use_async:
+    if workload == "capture":
+        report = _benchmarks("capture").run(database_url, redis_url)
+    elif use_async:
         import asyncio
 
         run_async = _benchmarks("bench_async").run_async
@@ -244,6 +254,13 @@ def status(cache: Any, as_json: bool) -> None:
         f"role {server.get('role')}"
     )
     click.echo(f"namespace  : {report['namespace']}")
+    capture = report.get("capture")
+    if capture and capture["tables"]:
+        alive = capture["listener_alive"]
+        click.echo(
+            f"capture    : {len(capture['tables'])} table name(s), listener "
+            + ("alive" if alive else "NOT ALIVE: reads of them bypass the cache")
+        )
     click.echo(f"memory     : {report.get('memory_bytes', 0)} bytes in this namespace")
     entries = report.get("entries") or {}
     click.echo("entries    : " + ", ".join(f"{k} {v}" for k, v in entries.items()))
@@ -435,6 +452,89 @@ def warm(cache: Any, as_json: bool) -> None:
             click.echo(f"{mark} {name} {'' if detail is None else detail}".rstrip())
     if not all(o["ok"] for o in report.values()):
         raise SystemExit(1)
+
+
+@main.group()
+def capture() -> None:
+    """Change capture from PostgreSQL: outside writes invalidate too (docs/capture.md)."""
+
+
+def _database_option(fn: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="DATABASE_URL",
+        required=True,
+        help="The application's database URL, any PostgreSQL driver (env DATABASE_URL).",
+    )(fn)
+
+
+def _change_capture(cache: Any, database_url: str) -> Any:
+    try:
+        return cache.change_capture(database_url)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@capture.command("install")
+@_operator_command
+@_database_option
+@click.option("--table", "tables", multiple=True, help="Table to capture (default: all).")
+def capture_install(cache: Any, database_url: str, tables: tuple[str, ...]) -> None:
+    """Put the capture triggers on the tables (idempotent)."""
+    change = _change_capture(cache, database_url)
+    try:
+        captured = change.install(tables or None)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"capturing {len(captured)} table(s): {', '.join(captured)}")
+
+
+@capture.command("uninstall")
+@_operator_command
+@_database_option
+@click.option("--table", "tables", multiple=True, help="Table to stop capturing (default all).")
+def capture_uninstall(cache: Any, database_url: str, tables: tuple[str, ...]) -> None:
+    """Remove the capture triggers (and their function once unused)."""
+    change = _change_capture(cache, database_url)
+    try:
+        left = change.uninstall(tables or None)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"still capturing {len(left)} table(s)" + (f": {', '.join(left)}" if left else ""))
+
+
+@capture.command("run")
+@_operator_command
+@_database_option
+@click.option(
+    "--liveness-timeout",
+    default=2.0,
+    show_default=True,
+    help="Seconds after which readers stop trusting a listener that went silent.",
+)
+def capture_run(cache: Any, database_url: str, liveness_timeout: float) -> None:
+    """Run the listener in the foreground until SIGINT / SIGTERM."""
+    import signal
+
+    try:
+        change = cache.change_capture(database_url, liveness_timeout=liveness_timeout)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: change.stop())
+
+    def ready() -> None:
+        click.echo(
+            f"listening: namespace {cache.config.namespace}, "
+            f"{len(change.tables)} captured table name(s)"
+        )
+        sys.stdout.flush()
+
+    try:
+        change.run(on_ready=ready)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"stopped after {change.notifications} notification(s)")
 
 
 if __name__ == "__main__":

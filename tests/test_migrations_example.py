@@ -13,6 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
 from sqlalchemy.orm import sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
+from sqla_redis_cache.wiring import _capture_ddl as ddl
 
 from . import _services
 from ._counting import make_counted_engine
@@ -46,6 +47,7 @@ def database_url(
     def drop() -> None:
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS item, alembic_version"))
+            conn.execute(text("DROP FUNCTION IF EXISTS sqla_redis_cache_notify()"))
 
     drop()
     yield postgres_url
@@ -80,6 +82,9 @@ def test_upgrade_head_makes_cached_rows_unreachable(
             assert read() == [(1, "apple"), (2, "pear")]
         with counter.expect(0):
             assert read() == [(1, "apple"), (2, "pear")]
+        if engine.dialect.name == "postgresql":  # 0003: outside writes are captured
+            with engine.connect() as conn:
+                assert ("public", "item") in ddl.captured(conn)
         again = alembic(env, "upgrade", "head")  # nothing to apply: the cache stays warm
         assert again.returncode == 0 and "invalidated" not in again.stdout
         with counter.expect(0):

@@ -13,6 +13,7 @@ from typing import Any
 from .._redis_settings import redact
 from ..io._ops import MemoryUsage
 from ..storage import Storage
+from ..storage._capture import decode_tables
 from ..storage._keys import escape_glob
 from ..storage._store import FAILED
 
@@ -25,6 +26,7 @@ KINDS = {
     "t": "tokens",
     "g": "tokens",
     "all": "tokens",
+    "capture": "tokens",  # change capture's liveness key and captured tables
     "stats": "stats",
 }
 _BATCH = 500
@@ -49,6 +51,19 @@ def server_and_census(storage: Storage) -> dict[str, Any] | None:
     if server is FAILED or found is FAILED:
         return None
     return {"server": server, **found}
+
+
+def capture_state(storage: Storage) -> dict[str, Any] | None:
+    """Change capture of the namespace: ``{"listener_alive": ..., "tables": [...]}`` (the
+    captured tables as the cache names them); None if Redis failed."""
+    gate = storage.capture
+    values = storage.store.get_many([gate.live_key, gate.tables_key])
+    if values is FAILED:
+        return None
+    return {
+        "listener_alive": values[0] is not None,
+        "tables": sorted(decode_tables(values[1]) or ()),
+    }
 
 
 def census(storage: Storage) -> dict[str, Any]:

@@ -13,6 +13,7 @@ contract in pyproject.toml keeps SQLAlchemy out).  Modules, in the order a looku
   tracking says they changed (a repeated hit sends nothing to Redis);
 - ``_codec``: the authenticated entry envelope; ``_rows``: raw DBAPI rows column by column;
   ``_drivertypes``: database drivers' own value classes in entries;
+- ``_capture``: change capture's liveness token and captured tables (readers' gate);
 - ``_stats``: counters, latency percentiles, shared statistics; ``_groups``: the per-table and
   per-region tallies, and the reasons a statement is not cached.
 
@@ -29,6 +30,7 @@ from ..io._asyncio import Concurrency, LoopRouter
 from ..io._protocol import RedisIO
 from ..io._sync import SyncIO
 from ..io._tracking import endpoints
+from ._capture import CaptureGate
 from ._codec import EntryCodec
 from ._keys import KeyBuilder
 from ._near import NearValues
@@ -83,7 +85,11 @@ class Storage:
         self.codec = EntryCodec(
             config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
         )
-        self.reader = Reader(self.store, self.versions, self.codec, config.near_cache_size)
+        #: what readers know of change capture (the listener's liveness, captured tables)
+        self.capture = CaptureGate(self.keys)
+        self.reader = Reader(
+            self.store, self.versions, self.codec, config.near_cache_size, self.capture
+        )
         self._concurrency = concurrency
 
     def async_router(self) -> LoopRouter:

@@ -36,6 +36,7 @@ from dogpile import Lock, NeedRegenerationException
 
 from ..io._ops import Set
 from ..io._protocol import Mutex
+from ._capture import CaptureGate
 from ._codec import CorruptEntry, EntryCodec, EntryTooLarge, Unencodable
 from ._stats import Tally
 from ._store import FAILED, Store
@@ -82,9 +83,16 @@ class Reader:
     """Bound to one cache's store, versions and codec."""
 
     def __init__(
-        self, store: Store, versions: Versions, codec: EntryCodec, near_size: int = 0
+        self,
+        store: Store,
+        versions: Versions,
+        codec: EntryCodec,
+        near_size: int = 0,
+        capture: CaptureGate | None = None,
     ) -> None:
         self.store = store
+        #: change capture: the listener's liveness in the lookup's MGET (``_capture``)
+        self.capture = capture
         self.versions = versions
         self.codec = codec
         self.stats = store.stats
@@ -167,6 +175,7 @@ class Reader:
         store_if: Callable[[T], bool] | None = None,
         tally: Tally | None = None,
         label: str | None = None,
+        live: str | None = None,
     ) -> tuple[T, bool]:
         """The value for ``key`` and whether it came from the cache.
 
@@ -177,6 +186,8 @@ class Reader:
         ``store_if(value)`` False returns a built value without storing it (waiters on the lock
         then build their own).  ``tally``: the per-table / per-region counters of this read's
         group (``_stats``); ``label``: what a "not cached" log line names (the statement).
+        ``live``: the change-capture liveness key the value depends on (``_capture``): read in
+        the same round trip; when it is missing the value is built and nothing is stored.
         """
         started = time.perf_counter()
         if self.versions.owes and not self.versions.settle():
@@ -185,8 +196,13 @@ class Reader:
                 tally.bypasses += 1
             return build(), False
         keys = [key, *deps]
-        values = self.store.read(keys)
-        if values is FAILED:
+        capture = self.capture
+        if live is None and (capture is None or time.monotonic() < capture.next_load):
+            # no table under change capture: the tracked near cache may answer
+            values, alive = self.store.read(keys), True
+        else:  # the liveness key (or the captured set) rides along: always from Redis
+            values, alive = capture.get_many(self.store, keys, live)  # type: ignore[union-attr]
+        if values is FAILED or not alive:
             self.stats.bypasses += 1
             if tally is not None:
                 tally.bypasses += 1

@@ -109,6 +109,8 @@ class Entities:
         self.versions = storage.versions
         self.codec = storage.codec
         self.stats = storage.stats
+        #: change capture: an entity of a captured table needs a live listener
+        self.capture = storage.capture
         self.k = conn_keys
         setting = storage.config.write_through
         self._only: frozenset[str] | None = (
@@ -167,8 +169,17 @@ class Entities:
         deps = self.deps(hierarchy, translate)
         if self.versions.owes and not self.versions.settle():
             return key, deps, None, None, mapper
-        values = self.store.read([key, *deps])
-        if values is FAILED:
+        capture = self.capture
+        if not capture.primed:
+            capture.prime(self.store)
+        live = None
+        if capture.tables:
+            live = capture.live_key_for(frozenset(hierarchy.tables_for(translate)))
+        if live is None and not capture.due():  # the near cache may answer (``Store.read``)
+            values, alive = self.store.read([key, *deps]), True
+        else:  # the liveness key, or the captured set, rides along: always from Redis
+            values, alive = capture.get_many(self.store, [key, *deps], live)
+        if values is FAILED or not alive:  # no listener: from the database, nothing stored
             return key, deps, None, None, mapper
         entry = values[0]
         stamps = Versions.stamps(values[1:])
@@ -277,9 +288,10 @@ class Entities:
             return IteratorResult(SimpleResultMetaData([mapper.class_.__name__]), iter([(obj,)]))
         # from the database, not from a query-cache entry of the same SELECT
         result = orm_state.invoke_statement(execution_options={SESSION_WIRED: True})
-        stats.misses += 1
-        if values is None:
+        if values is None:  # Redis failed, or change capture has no live listener
+            stats.bypasses += 1
             return result
+        stats.misses += 1
         frozen = result.freeze()
         loaded = frozen().scalars().all()
         if len(loaded) == 1 and not transaction_blocks(session, self.k):

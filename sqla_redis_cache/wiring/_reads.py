@@ -119,7 +119,9 @@ class ReadHooks(Listeners):
         #: engines attached by themselves: ``cached()`` is read from the statements they run
         self.explicit_engines = explicit_engines
         self.policies = policies
-        self._deps: dict[Any, tuple[list[str], Tally | None]] = {}
+        self._deps: dict[Any, tuple[list[str], Tally | None, str | None, int]] = {}
+        #: change capture: which tables need a live listener (``storage._capture``)
+        self.capture = reader.capture
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         directive: Any = context.execution_options.get(self.option_key)
@@ -266,7 +268,7 @@ class ReadHooks(Listeners):
             return self._refuse(
                 "streamed_result", statement, explaining, directive, tables, parameters
             )
-        deps, tally = self._group(tables, directive.tags, directive.region)
+        deps, tally, live = self._group(tables, directive.tags, directive.region)
         conn = context.root_connection
         info = conn.info
         written = info.get(self.k.written)
@@ -329,6 +331,7 @@ class ReadHooks(Listeners):
             refresh=None if refresh_after is None else detached(conn.engine, statement, parameters),
             tally=tally,
             label=statement,
+            live=live,
         )
         if description is None:  # not a row-returning statement after all: leave it be
             return True
@@ -341,17 +344,28 @@ class ReadHooks(Listeners):
 
     def _group(
         self, tables: frozenset[str], tags: tuple[str, ...], region: str | None
-    ) -> tuple[list[str], Tally | None]:
-        """The dependency keys of an entry, and the statistics tally of its group."""
+    ) -> tuple[list[str], Tally | None, str | None]:
+        """The dependency keys of an entry, the statistics tally of its group, and the
+        change-capture liveness key its reads need (None when no table is captured)."""
         memo = (tables, tags, region)
         found = self._deps.get(memo)
-        if found is None:
+        capture = self.capture
+        if capture is not None and not capture.primed:
+            capture.prime(self.reader.store)
+        generation = 0 if capture is None else capture.generation
+        if found is None or found[3] != generation:
             if len(self._deps) > 4096:
                 self._deps.clear()
             tally = None
             if self.config.table_stats:
                 tally = self.stats.tally(tables, region or self.config.default_region)
-            found = self._deps[memo] = (self.keys.dependencies(tables, tags), tally)
-        return found
+            live = None if capture is None else capture.live_key_for(tables)
+            found = self._deps[memo] = (
+                self.keys.dependencies(tables, tags),
+                tally,
+                live,
+                generation,
+            )
+        return found[0], found[1], found[2]
 
     EVENTS = ("do_execute", "do_execute_no_params")

@@ -20,7 +20,7 @@ from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from sqla_redis_cache import QueryCache
 
-from .schema import RULES, create_schema, sqlite_foreign_keys
+from .schema import RULES, DBase, create_schema, sqlite_foreign_keys
 from .writes import Target
 
 _LOCKED = ("lock", "could not serialize", "deadlock")
@@ -63,6 +63,16 @@ class Env:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         self.ref_sessions = sessionmaker(self.ref)
         self._remote: RemoteSide | None = None
+        #: PostgreSQL: the schema's tables carry the change-capture triggers for the whole
+        #: session; each run starts a listener on side A (``machine``), for the outside writes
+        self.captured: list[str] = []
+        if self.dialect == "postgresql":
+            self.captured = [t.name for t in DBase.metadata.sorted_tables]
+            self._capture().install(self.captured)
+
+    def _capture(self) -> Any:
+        """Change capture's DDL needs no Redis of its own: an in-process cache publishes."""
+        return QueryCache.in_memory(stats_interval=0).change_capture(self.url)
 
     def side(self, label: str, namespace: str) -> Side:
         """A cache with its own engine and sessionmaker, both attached (one "process")."""
@@ -78,6 +88,8 @@ class Env:
     def dispose(self) -> None:
         if self._remote is not None:
             self._remote.stop()
+        if self.captured:
+            self._capture().uninstall(self.captured)
         self.ref.dispose()
 
 

@@ -68,6 +68,11 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
             if not (s.reads_rule_target and "write_rules_in_transaction" in self.gates)
         ]
         self.max_open = 2 if self.dialect == "postgresql" else 1
+        #: PostgreSQL: change capture's listener (side A's process), for outside writes
+        self.capture: Any = None
+        if env.captured:
+            self.capture = self.a.cache.change_capture(self.a.engine)
+            self.capture.start()
 
     # bookkeeping ---------------------------------------------------------------------------
 
@@ -204,7 +209,10 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
         commit = data.draw(st.integers(0, 7), label="commit unless 0") > 0
         how = "session"
         if path.kind == "core":
-            how = data.draw(st.sampled_from(["session", "begin", "autocommit"]), label="how")
+            # outside: the reference engine, no cache attached (as psql or another service);
+            # only change capture's listener sees it (PostgreSQL)
+            hows = ["session", "begin", "autocommit", *(["outside"] * 2 if self.capture else [])]
+            how = data.draw(st.sampled_from(hows), label="how")
         autoflush = data.draw(st.booleans(), label="autoflush") if how == "session" else True
         end = "commit" if commit or how == "autocommit" else "rollback"
         desc = f"write {path.name} {p} via {side.label} {how}"
@@ -214,6 +222,11 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
                 with side.sessions(autoflush=autoflush) as s:
                     result = path.run(Target(self.dialect, session=s), p)
                     s.commit() if commit else s.rollback()
+            elif how == "outside":
+                with self.env.ref.connect() as conn:
+                    conn.begin()
+                    result = path.run(Target(self.dialect, conn=conn), p)
+                    conn.commit() if commit else conn.rollback()
             elif how == "begin":
                 with side.engine.connect() as conn:
                     conn.begin()
@@ -234,6 +247,11 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
             if end == "commit":
                 self.committed(path.writes)
             self.note(f"{desc}: {result}, {end}")
+        if how == "outside":
+            self.count("outside_writes")
+            # the listener confirms it delivered everything committed before this point
+            if not self.capture.sync(10.0):
+                raise Divergence("the change-capture listener did not confirm within 10 s")
         self.check_recent()
 
     # teardown ------------------------------------------------------------------------------
@@ -261,6 +279,8 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
                     f.write("\n".join(["--- run", *self.log, ""]))
             for tx in self.txs:
                 tx.close()
+            if self.capture is not None:
+                self.capture.stop()
             self.a.close()
             self.b.close()
             self.c.close()
