@@ -13,7 +13,8 @@ installs the engine hooks on engines met for the first time (unbound sessionmake
 option copies): SQLAlchemy fires it before the first statement runs on the new connection and
 checks for engine listeners at each event point, so that first transaction is fully tracked.
 
-``after_flush`` lets the write-through (``_write_through``) note the rows a flush wrote (they
+``after_flush`` tells the values of the rows the flush's own statements wrote, per connection
+(``_values``: fine-grained invalidation), and lets the write-through (``_write_through``) note the rows a flush wrote (they
 are reloaded from the database just before it commits).  ``after_commit`` runs once the
 database commit succeeded and hands the session to the commit path (``_commit``): the tables
 its connections wrote and the reloaded rows, invalidated and written through in one round trip,
@@ -24,6 +25,7 @@ nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+import weakref
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -35,8 +37,10 @@ from ._explain import UNCACHED, ExplainOption, ExplainRequest
 from ._listeners import Listeners
 from ._options import SESSION_WIRED, CachedOption, UncachedOption
 from ._policy import Policies
-from ._transaction import CONNECTIONS, ConnectionKeys
+from ._transaction import CONNECTIONS, ConnectionKeys, session_connections
+from ._values import MAX_VALUES_PER_TABLE, RowValues
 from ._write_through import WriteThrough
+from ._writes import ORM_DML
 
 
 class SessionHooks(Listeners):
@@ -63,6 +67,8 @@ class SessionHooks(Listeners):
 
     def do_orm_execute(self, state: Any) -> Any:
         if not state.is_select:
+            if state.is_insert or state.is_update or state.is_delete:  # bulk ORM DML
+                state.update_execution_options(**{ORM_DML: True})
             return None
         options = state.user_defined_options
         for option in options:
@@ -120,10 +126,39 @@ class SessionHooks(Listeners):
             conns = info[CONNECTIONS] = []
         conns.append(connection)
         connection.info[self.k.session_owned] = True  # its commit is invalidated by after_commit
+        connection.info[self.k.owner] = weakref.ref(session)  # is it flushing? (``_writes``)
         self.engine_met(connection.engine)
 
     def after_flush(self, session: Any, flush_context: Any) -> None:
+        self._note_values(session, flush_context)
         self.write_through.note_flush(session, flush_context)
+
+    def _note_values(self, session: Any, flush_context: Any) -> None:
+        """The values of the rows this flush's own statements wrote (``_values``); a table
+        whose rows are not all known becomes unknown."""
+        k = self.k
+        for conn in session_connections(session):
+            if conn.closed:
+                continue
+            info = conn.info
+            flushed = info.pop(k.flushed, None)
+            if not flushed:
+                continue
+            unknown = info.setdefault(k.unknown, set())
+            noted = info.setdefault(k.values, {})
+            try:
+                found = RowValues.of_flush(session, flush_context, flushed)
+            except Exception:  # never fail a flush over what only narrows an invalidation
+                unknown.update(flushed)
+                continue
+            for table, values in found.items():
+                if values is None:
+                    unknown.add(table)
+                    continue
+                mine = noted.setdefault(table, set())
+                mine.update(values)
+                if len(mine) > MAX_VALUES_PER_TABLE:
+                    unknown.add(table)
 
     def after_commit(self, session: Any) -> None:
         self.commit_path.after_session_commit(session)
