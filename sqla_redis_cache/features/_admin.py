@@ -24,6 +24,8 @@ KINDS = {
     "r": "regions",
     "t": "tokens",
     "g": "tokens",
+    "u": "tokens",  # unknown rows (fine-grained invalidation)
+    "v": "tokens",  # values (fine-grained invalidation)
     "all": "tokens",
     "stats": "stats",
 }

@@ -168,6 +168,10 @@ class KeyBuilder:
         digest.update(canonical.encode("utf-8", "surrogatepass"))
         return self.prefix + "v:" + digest.hexdigest()
 
+    def bookkeeping(self, key: str) -> bool:
+        """True for the tokens of fine-grained invalidation (unknown rows, values)."""
+        return key.startswith((self.prefix + "u:", self.prefix + "v:"))
+
     def generic(self, key: str) -> str:
         if not isinstance(key, str) or not key:
             raise ValueError(f"cache keys must be non-empty strings, got {key!r}")

@@ -119,6 +119,7 @@ class Versions:
         pending: str | None = None,
         committed: str | None = None,
         expected: Mapping[str, bytes] | None = None,
+        counted: int | None = None,
     ) -> bool:
         """Replace the tokens of ``keys`` in one round trip; owe them if Redis fails.
 
@@ -126,6 +127,8 @@ class Versions:
         the token handed to ``extra`` becomes current only if the key still held that value.
 
         ``extra(new_tokens)`` may add operations to the same round trip (entity write-through).
+        ``counted``: how many of them the statistics count as invalidations (table, tag and
+        namespace tokens; not the bookkeeping of fine-grained invalidation), default all.
         ``pending``: the id of a Core commit about to happen; the tokens stay pending until
         ``invalidate(..., committed=id)`` or ``lock_timeout``.  A token pending for another
         commit stays pending (see ``io._scripts.REPLACE_TOKEN``).
@@ -153,7 +156,8 @@ class Versions:
         started = time.perf_counter()
         replies = self.store.run(operations)
         ok = replies is not FAILED
-        self.store.stats.invalidated(len(tokens), ok, time.perf_counter() - started)
+        count = len(tokens) if counted is None else counted
+        self.store.stats.invalidated(count, ok, time.perf_counter() - started)
         if ok:
             self._settled(owed)
         else:

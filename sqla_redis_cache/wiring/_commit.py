@@ -163,6 +163,7 @@ class CommitPath:
             pending=plan.pending,
             committed=plan.committed,
             expected=plan.expected,
+            counted=sum(1 for key in plan.token_keys if not self.keys.bookkeeping(key)),
         )
         if ok and plan.committed is None:  # (a Core commit's end repeats its pending step)
             prefix = self.keys.prefix + "t:"

@@ -58,7 +58,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy
-from sqlalchemy import literal, select
+from sqlalchemy import literal
 from sqlalchemy.engine import Connection, Engine, IteratorResult
 from sqlalchemy.engine.base import OptionEngineMixin
 from sqlalchemy.engine.default import NO_CACHE_KEY, DefaultExecutionContext
@@ -319,7 +319,7 @@ def _problems() -> list[str]:
     need(Executable, "_with_options")
     need(Select, "_for_update_arg", "_where_criteria")
     need(SQLCompiler, "compile_state")
-    if not hasattr(select(literal(1)).compile(), "bind_names"):
+    if not hasattr(literal(1).compile(), "bind_names"):
         problems.append("SQLCompiler.bind_names")
     need(DefaultExecutionContext, "_expanded_parameters")
     if not hasattr(Session(), "_flushing"):
