@@ -1,21 +1,27 @@
-"""Fine-grained invalidation (issue 12): results filtered by equality depend on the values,
-commits with rows the ORM knows invalidate only those values (``wiring._values``)."""
+"""Fine-grained invalidation (issue 12): a result filtered by equality depends on the values it
+filtered on, and a commit whose rows the ORM knows invalidates only those rows' values
+(``wiring._values``).  Everything else stays table-level.  Statements are counted at the driver,
+on PostgreSQL and SQLite, on every Redis deployment (standalone, Cluster, Sentinel, TLS)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, func, insert, or_, select, text, update
+from sqlalchemy.orm import aliased, selectinload
 
 from sqla_redis_cache import QueryCache, cached
 
-from .conftest import Database
-from .models import Org, User
+from .conftest import EVERY_DEPLOYMENT, Database, RedisTarget
+from .models import Order, Org, User
+from .test_asyncio import AsyncDb, Loop, adb, run  # noqa: F401  (adb: a fixture)
+
+pytestmark = EVERY_DEPLOYMENT
 
 
-def tenant(org_id: int) -> Any:
+def tenant(org_id: Any) -> Any:
     return select(User.id, User.name, User.org_id).where(User.org_id == org_id).order_by(User.id)
 
 
@@ -37,7 +43,7 @@ def expect_hit(db: Database, stmt: Any) -> None:
 
 
 def expect_miss(db: Database, stmt: Any) -> None:
-    """Invalidated: one statement, then equal to what the database holds."""
+    """Invalidated: one statement, and then what the database holds."""
     with db.counter.expect(1):
         got = read(db, stmt)
     assert got == fresh(db, stmt)
@@ -51,12 +57,323 @@ def warm(db: Database, *stmts: Any) -> None:
             read(db, stmt)
 
 
-def test_write_to_one_tenant_leaves_the_others_cached(db: Database, cache: QueryCache) -> None:
+def rename(db: Database, user_id: int, name: str = "renamed") -> None:
+    with db.Session() as s:
+        s.get(User, user_id).name = name  # type: ignore[union-attr]
+        s.commit()
+
+
+# the behaviour -----------------------------------------------------------------------------------
+
+
+def test_a_write_to_one_tenant_leaves_the_others_cached(db: Database, cache: QueryCache) -> None:
     cache.attach(db.Session)
     warm(db, tenant(1), tenant(2))
-    with db.Session() as s:
-        s.get(User, 5).name = "renamed"  # type: ignore[union-attr]  # org 2
-        s.commit()
+    rename(db, 5)  # org 2
     expect_hit(db, tenant(1))
     expect_miss(db, tenant(2))
     assert "renamed" in [r[1] for r in read(db, tenant(2))]
+
+
+def test_a_row_moved_between_tenants_invalidates_both(db: Database, cache: QueryCache) -> None:
+    cache.attach(db.Session)
+    empty = tenant(3)  # no rows yet: depends on the value 3 all the same
+    warm(db, tenant(1), tenant(2), empty)
+    with db.Session() as s:
+        s.get(User, 1).org_id = 2  # type: ignore[union-attr]
+        s.commit()
+    expect_miss(db, tenant(1))
+    expect_miss(db, tenant(2))
+    expect_hit(db, empty)
+    assert 1 in [r[0] for r in read(db, tenant(2))]
+
+
+def test_insert_and_delete_invalidate_their_tenant_only(db: Database, cache: QueryCache) -> None:
+    cache.attach(db.Session)
+    warm(db, tenant(1), tenant(2))
+    with db.Session() as s:
+        s.add(User(id=50, name="new", org_id=2, balance=Decimal(0)))
+        s.commit()
+    expect_hit(db, tenant(1))
+    expect_miss(db, tenant(2))
+    with db.Session() as s:
+        s.delete(s.get(User, 50))
+        s.commit()
+    expect_hit(db, tenant(1))
+    expect_miss(db, tenant(2))
+
+
+def test_an_attribute_set_while_its_old_value_was_never_loaded_is_unknown_rows(
+    db: Database, cache: QueryCache
+) -> None:
+    """``session.expire(u); u.org_id = 2``: the row's old tenant is not known, so every result
+    of the table misses (here org 1, where the row was, and an unrelated value)."""
+    cache.attach(db.Session)
+    elsewhere = tenant(99)
+    warm(db, tenant(1), tenant(2), elsewhere)
+    with db.Session() as s:
+        user = s.get(User, 1)
+        assert user is not None
+        s.expire(user)
+        user.org_id = 2
+        s.commit()
+    expect_miss(db, tenant(1))
+    expect_miss(db, tenant(2))
+    expect_miss(db, elsewhere)
+
+
+def test_an_expired_column_the_flush_does_not_change_is_unknown_too(
+    db: Database, cache: QueryCache
+) -> None:
+    """A column that is not loaded holds an unknown (current) value: the row might be in any
+    tenant, so the unconstrained side must miss as well."""
+    cache.attach(db.Session)
+    warm(db, tenant(1), tenant(2))
+    with db.Session() as s:
+        user = s.get(User, 5)
+        assert user is not None
+        s.expire(user, ["org_id"])
+        user.name = "renamed"
+        s.commit()
+    expect_miss(db, tenant(1))
+    expect_miss(db, tenant(2))
+
+
+def test_in_lists(db: Database, cache: QueryCache) -> None:
+    cache.attach(db.Session)
+    pair = select(User.id, User.name).where(User.id.in_([1, 2])).order_by(User.id)
+    long = select(User.id, User.name).where(User.id.in_(range(1, 41))).order_by(User.id)
+    none = select(User.id).where(User.id.in_([]))
+    warm(db, pair, long, none)
+    rename(db, 5)
+    expect_hit(db, pair)
+    expect_hit(db, none)
+    expect_miss(db, long)  # more than MAX_IN values: table-level
+    rename(db, 2)
+    expect_miss(db, pair)
+    expect_hit(db, none)
+
+
+def test_is_null(db: Database, cache: QueryCache) -> None:
+    """``col IS NULL`` depends on the NULL value of the column (the schema has no nullable
+    integer column: a write that leaves every value non-NULL keeps the result cached)."""
+    cache.attach(db.Session)
+    no_user = select(Order.id).where(Order.user_id.is_(None)).order_by(Order.id)
+    with db.Session() as s:
+        assert cache.explain(no_user.options(cached()), s).values == ("app_order.user_id = n",)
+    warm(db, no_user)
+    with db.Session() as s:
+        s.get(Order, 1).total = Decimal(99)  # type: ignore[union-attr]  # user_id stays set
+        s.commit()
+    expect_hit(db, no_user)
+    with db.Session() as s:
+        s.execute(text("UPDATE app_order SET total = 1 WHERE id = 2"))
+        s.commit()
+    expect_miss(db, no_user)
+
+
+def test_every_candidate_column_is_invalidated_whatever_readers_constrain(
+    db: Database, cache: QueryCache
+) -> None:
+    """No registry of constrained columns: a write invalidates the values of every candidate
+    column of its rows, so a reader that starts filtering on a new column (here ``name``)
+    concurrently with a commit can never keep a stale entry."""
+    cache.attach(db.Session)
+    by_name = select(User.id, User.balance).where(User.name == "user5")
+    warm(db, by_name)
+    with db.Session() as s:
+        s.get(User, 5).balance = Decimal(7)  # type: ignore[union-attr]  # name unchanged
+        s.commit()
+    expect_miss(db, by_name)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        "orm_bulk_update",
+        "orm_bulk_update_fetch",
+        "orm_bulk_delete",
+        "orm_bulk_insert",
+        "core_engine",
+        "text",
+    ],
+)
+def test_writes_whose_rows_are_unknown_miss_the_whole_table(
+    db: Database, cache: QueryCache, write: str
+) -> None:
+    cache.attach(db.Session)
+    warm(db, tenant(1), tenant(2), tenant(99))
+    if write == "core_engine":
+        with db.engine.begin() as conn:
+            conn.execute(update(User).where(User.id == 5).values(org_id=1))
+    else:
+        with db.Session() as s:
+            if write == "orm_bulk_update":
+                s.execute(update(User).where(User.id == 5).values(org_id=1))
+            elif write == "orm_bulk_update_fetch":
+                s.execute(
+                    update(User).where(User.id == 5).values(org_id=1),
+                    execution_options={"synchronize_session": "fetch"},
+                )
+            elif write == "orm_bulk_delete":
+                s.execute(delete(Order))
+                s.execute(delete(User).where(User.id == 5))
+            elif write == "orm_bulk_insert":
+                s.execute(insert(User), [{"id": 60, "name": "x", "org_id": 1}])
+            else:
+                s.execute(text("UPDATE app_user SET org_id = 1 WHERE id = 5"))
+            s.commit()
+    expect_miss(db, tenant(1))
+    expect_miss(db, tenant(2))
+    expect_miss(db, tenant(99))
+
+
+def test_a_flush_after_bulk_dml_in_one_transaction_stays_unknown(
+    db: Database, cache: QueryCache
+) -> None:
+    cache.attach(db.Session)
+    warm(db, tenant(1), tenant(2))
+    with db.Session() as s:
+        s.execute(update(User).where(User.id == 5).values(org_id=1), {})
+        s.get(User, 4).name = "flushed"  # type: ignore[union-attr]
+        s.commit()
+    expect_miss(db, tenant(1))
+    expect_miss(db, tenant(2))
+
+
+def test_shapes_that_stay_table_level(db: Database, cache: QueryCache) -> None:
+    """Ranges, OR, a table read twice, a subquery, a value of another type: any write misses."""
+    cache.attach(db.Session)
+    other = aliased(User)
+    shapes = [
+        select(User.id).where(User.org_id > 1),
+        select(User.id).where(or_(User.org_id == 1, User.id == 5)),
+        select(User.id).join(other, other.id == User.id).where(User.org_id == 1),
+        select(User.id).where(User.org_id == 1, User.id.in_(select(User.id).where(User.id < 4))),
+        select(Org.name).outerjoin(User, User.org_id == Org.id).where(User.id.is_(None)),
+        select(User.id).where(func.lower(User.name) == "user1"),
+    ]
+    warm(db, *shapes)
+    rename(db, 5)
+    for stmt in shapes:
+        expect_miss(db, stmt)
+
+
+def test_relationship_loads_become_parent_level(db: Database, cache: QueryCache) -> None:
+    """Lazy and selectin loads filter the children by their parent's key: a write to another
+    parent's children leaves them cached."""
+    cache.attach(db.Session)
+
+    def lazy(org_id: int) -> list[str]:
+        with db.Session() as s:
+            org = s.execute(select(Org).where(Org.id == org_id).options(cached())).scalar_one()
+            return [u.name for u in org.users]
+
+    def selectin(org_id: int) -> list[str]:
+        with db.Session() as s:
+            stmt = select(Org).where(Org.id == org_id).options(cached(), selectinload(Org.users))
+            return [u.name for u in s.execute(stmt).scalar_one().users]
+
+    for load in (lazy, selectin):
+        before = load(1)
+        with db.counter.expect(0):
+            assert load(1) == before
+        rename(db, 5, f"renamed-{load.__name__}")  # org 2's child
+        with db.counter.expect(0):
+            assert load(1) == before
+        rename(db, 2, f"renamed-{load.__name__}")  # org 1's child
+        with db.counter.expect(1):  # the parent is still a hit, the children miss
+            assert f"renamed-{load.__name__}" in load(1)
+
+
+def test_session_get_through_the_query_path_is_row_level(db: Database, cache: QueryCache) -> None:
+    cache.attach(db.Session)
+    one = select(User.name).where(User.id == 1)
+    warm(db, one)
+    rename(db, 2)
+    expect_hit(db, one)
+    rename(db, 1)
+    expect_miss(db, one)
+
+
+def test_read_your_own_writes_and_nothing_uncommitted_stored(
+    db: Database, cache: QueryCache
+) -> None:
+    cache.attach(db.Session)
+    warm(db, tenant(1))
+    with db.Session() as s:
+        s.get(User, 1).name = "pending"  # type: ignore[union-attr]
+        s.flush()
+        rows = [tuple(r) for r in s.execute(tenant(1).options(cached()))]
+        assert "pending" in [r[1] for r in rows]  # bypassed: its own write
+        s.rollback()
+    expect_hit(db, tenant(1))
+
+
+def test_the_switch_turns_it_off(db: Database, redis_target: RedisTarget, namespace: str) -> None:
+    cache = redis_target.cache(namespace, fine_grained=False)
+    try:
+        cache.attach(db.Session)
+        warm(db, tenant(1), tenant(2))
+        rename(db, 5)
+        expect_miss(db, tenant(1))
+        expect_miss(db, tenant(2))
+        with db.Session() as s:
+            report = cache.explain(tenant(1).options(cached()), s)
+        assert report.values == () and "table" in [d.kind for d in report.dependencies]
+    finally:
+        cache.close()
+
+
+def test_fine_and_table_level_processes_share_a_namespace(
+    db: Database, redis_target: RedisTarget, namespace: str
+) -> None:
+    """A process with the switch off still replaces unknown-rows and value tokens, so another
+    process's fine-grained entries never outlive its writes."""
+    fine = redis_target.cache(namespace)
+    coarse = redis_target.cache(namespace, fine_grained=False)
+    try:
+        fine.attach(db.Session)
+        warm(db, tenant(1), tenant(2))
+        fine.detach(db.Session)
+        coarse.attach(db.Session)
+        rename(db, 5)
+        with db.Session() as s:
+            s.execute(update(User).where(User.id == 1).values(name="bulk"))
+            s.commit()
+        coarse.detach(db.Session)
+        fine.attach(db.Session)
+        expect_miss(db, tenant(1))
+        expect_miss(db, tenant(2))
+    finally:
+        fine.close()
+        coarse.close()
+
+
+def test_explain_names_the_values(db: Database, cache: QueryCache) -> None:
+    cache.attach(db.Session)
+    with db.Session() as s:
+        report = cache.explain(select(User).where(User.id.in_([3, 1])).options(cached()), s)
+    assert report.values == ("app_user.id = i:3", "app_user.id = i:1")
+    assert [d.kind for d in report.dependencies] == ["namespace", "unknown rows", "value", "value"]
+
+
+def test_async_session(adb: AsyncDb, cache: QueryCache) -> None:
+    async def names(loop: Loop, org_id: int) -> list[str]:
+        async with loop.Session() as s:
+            stmt = select(User).where(User.org_id == org_id).order_by(User.id).options(cached())
+            return [u.name for u in (await s.scalars(stmt)).all()]
+
+    async def body(loop: Loop) -> None:
+        one, two = await names(loop, 1), await names(loop, 2)
+        async with loop.Session() as s:
+            user = await s.get(User, 5)
+            assert user is not None
+            user.name = "renamed"
+            await s.commit()
+        with loop.counter.expect(0):
+            assert await names(loop, 1) == one
+        with loop.counter.expect(1):
+            assert await names(loop, 2) == [n if n != "user5" else "renamed" for n in two]
+
+    run(adb, cache, body)
