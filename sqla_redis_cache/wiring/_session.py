@@ -129,7 +129,11 @@ class SessionHooks(Listeners):
         connection.info[self.k.owner] = weakref.ref(session)  # is it flushing? (``_writes``)
         self.engine_met(connection.engine)
 
+    def before_flush(self, session: Any, flush_context: Any, instances: Any) -> None:
+        session.info[self.k.flushed] = True  # this flush's own statements (``_writes``)
+
     def after_flush(self, session: Any, flush_context: Any) -> None:
+        session.info.pop(self.k.flushed, None)
         self._note_values(session, flush_context)
         self.write_through.note_flush(session, flush_context)
 
@@ -163,14 +167,20 @@ class SessionHooks(Listeners):
     def after_commit(self, session: Any) -> None:
         self.commit_path.after_session_commit(session)
 
+    def after_soft_rollback(self, session: Any, previous_transaction: Any) -> None:
+        session.info.pop(self.k.flushed, None)  # a flush that failed before its after_flush
+
     def after_transaction_end(self, session: Any, transaction: Any) -> None:
+        session.info.pop(self.k.flushed, None)
         if transaction.parent is None:
             session.info.pop(CONNECTIONS, None)
 
     EVENTS = (
         "do_orm_execute",
         "after_begin",
+        "before_flush",
         "after_flush",
+        "after_soft_rollback",
         "after_commit",
         "after_transaction_end",
     )

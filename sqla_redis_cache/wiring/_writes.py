@@ -139,7 +139,9 @@ class WriteHooks(Listeners):
             return None
         owner = info.get(self.k.owner)
         session = None if owner is None else owner()
-        if session is None or not flushing(session):
+        # a flush of the unit of work (``before_flush`` marks the session): the legacy bulk
+        # mappings run as a "flush" too, but fire neither event and their rows are unknown
+        if session is None or not flushing(session) or not session.info.get(self.k.flushed):
             return None
         table = getattr(context.compiled.statement, "table", None)
         if not isinstance(table, TableClause):
