@@ -187,9 +187,7 @@ class KeyBuilder:
         caller appends the value tokens it depends on (per execution) after these keys.
         """
         keys = [self.all_key]
-        keys.extend(
-            self.unknown_rows(t) if t in fine else self.table(t) for t in sorted(tables)
-        )
+        keys.extend(self.unknown_rows(t) if t in fine else self.table(t) for t in sorted(tables))
         keys.extend(self.tag(t) for t in sorted(tags))
         return keys
 

@@ -292,12 +292,16 @@ class TransactionHooks(Listeners):
             known = info.get(self.k.committing_values)
             for table in written:
                 pairs = values.get(table)
-                if pairs is not None and table not in unknown:
-                    if table not in committing or (known is not None and table in known):
-                        if known is None:
-                            known = info[self.k.committing_values] = {}
-                        known.setdefault(table, set()).update(pairs)
-                        continue
+                # known in this commit, and in every earlier one this connection still holds
+                if (
+                    pairs is not None
+                    and table not in unknown
+                    and (table not in committing or (known is not None and table in known))
+                ):
+                    if known is None:
+                        known = info[self.k.committing_values] = {}
+                    known.setdefault(table, set()).update(pairs)
+                    continue
                 if known is not None:  # unknown rows in one of the commits it holds
                     known.pop(table, None)
             committing.update(written)

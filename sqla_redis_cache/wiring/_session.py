@@ -13,9 +13,11 @@ installs the engine hooks on engines met for the first time (unbound sessionmake
 option copies): SQLAlchemy fires it before the first statement runs on the new connection and
 checks for engine listeners at each event point, so that first transaction is fully tracked.
 
-``after_flush`` tells the values of the rows the flush's own statements wrote, per connection
-(``_values``: fine-grained invalidation), and lets the write-through (``_write_through``) note the rows a flush wrote (they
-are reloaded from the database just before it commits).  ``after_commit`` runs once the
+``before_flush`` marks the session, so that the statements up to its ``after_flush`` count as
+the flush's own (``_writes``); ``after_flush`` tells the values of the rows they wrote, per
+connection (``_values``: fine-grained invalidation), and lets the write-through
+(``_write_through``) note the rows a flush wrote (they are reloaded from the database just
+before it commits).  ``after_commit`` runs once the
 database commit succeeded and hands the session to the commit path (``_commit``): the tables
 its connections wrote and the reloaded rows, invalidated and written through in one round trip,
 so by the time ``commit()`` returns every process misses on them.  A rollback invalidates
@@ -24,8 +26,8 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Engine

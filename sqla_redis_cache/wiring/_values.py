@@ -149,9 +149,7 @@ def candidate_columns(table: Table) -> tuple[tuple[Column[Any], str], ...]:
     """(column, kind) of every candidate column of ``table`` (memoised)."""
     found = _candidates.get(table)
     if found is None:
-        found = tuple(
-            (c, kind) for c in table.columns if (kind := column_kind(c)) is not None
-        )
+        found = tuple((c, kind) for c in table.columns if (kind := column_kind(c)) is not None)
         _candidates[table] = found
     return found
 
@@ -285,9 +283,12 @@ def _constraints(compiled: Any) -> tuple[Constraint, ...]:
             for from_ in element.get_final_froms():
                 if not _tables_of(from_, nested):
                     return ()
-        elif isinstance(element, FromClause) and not isinstance(element, TableClause | Join):
-            if not _tables_of(element, nested):
-                return ()
+        elif (
+            isinstance(element, FromClause)
+            and not isinstance(element, TableClause | Join)
+            and not _tables_of(element, nested)
+        ):
+            return ()
     eligible = {t for t, n in direct.items() if n == 1 and t not in weak and t not in nested}
     if not eligible:
         return ()
@@ -329,7 +330,7 @@ def _constraint(
     pk = 0 if base.primary_key else 1
     if op is operators.is_ and isinstance(right, Null):
         return Constraint(table, left.name, kind, None, False), (pk, 1)
-    if not isinstance(right, BindParameter) or right.literal_execute and not right.expanding:
+    if not isinstance(right, BindParameter) or (right.literal_execute and not right.expanding):
         return None
     name = names.get(right)
     if name is None:
