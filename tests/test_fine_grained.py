@@ -16,10 +16,11 @@ from sqla_redis_cache import QueryCache, cached
 
 from .conftest import EVERY_DEPLOYMENT, Database, RedisTarget
 from .models import Order, Org, User
+from . import test_asyncio
 from .test_asyncio import AsyncDb, Loop, run
-from .test_asyncio import adb as adb  # the fixture
 
 pytestmark = EVERY_DEPLOYMENT
+adb = test_asyncio.adb  # the fixture: asyncpg and aiosqlite over the seeded databases
 
 
 def tenant(org_id: Any) -> Any:
@@ -367,7 +368,7 @@ def test_explain_names_the_values(db: Database, cache: QueryCache) -> None:
     assert [d.kind for d in report.dependencies] == ["namespace", "unknown rows", "value", "value"]
 
 
-def test_async_session(adb: AsyncDb, cache: QueryCache) -> None:  # noqa: F811
+def test_async_session(adb: AsyncDb, cache: QueryCache) -> None:
     async def names(loop: Loop, org_id: int) -> list[str]:
         async with loop.Session() as s:
             stmt = select(User).where(User.org_id == org_id).order_by(User.id).options(cached())
