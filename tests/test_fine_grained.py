@@ -14,9 +14,9 @@ from sqlalchemy.orm import aliased, selectinload
 
 from sqla_redis_cache import QueryCache, cached
 
+from . import test_asyncio
 from .conftest import EVERY_DEPLOYMENT, Database, RedisTarget
 from .models import Order, Org, User
-from . import test_asyncio
 from .test_asyncio import AsyncDb, Loop, run
 
 pytestmark = EVERY_DEPLOYMENT
