@@ -69,6 +69,17 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 @click.option("--async", "use_async", is_flag=True, help="AsyncSession (asyncpg), with throughput.")
 @click.option("--concurrency", default=100, show_default=True, help="Coroutines (--async).")
 @click.option("--seconds", default=3.0, show_default=True, help="Throughput run (--async).")
+@click.option(
+    "--workload",
+    type=click.Choice(["default", "tenants"]),
+    default="default",
+    show_default=True,
+    help="tenants: hit rates of fine-grained and table-level invalidation next to the ideal "
+    "under a multi-tenant read/write mix (benchmarks/tenants.py).",
+)
+@click.option(
+    "--operations", default=4000, show_default=True, help="Operations per write ratio (tenants)."
+)
 def bench(
     database_url: str,
     redis_url: str,
@@ -79,12 +90,16 @@ def bench(
     use_async: bool,
     concurrency: int,
     seconds: float,
+    workload: str,
+    operations: int,
 ) -> None:
     """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library.
 
     The benchmarks live in the source checkout (benchmarks/), not in the installed package.
     """
-    if use_async:
+    if workload == "tenants":
+        report = _benchmarks("tenants").run(database_url, redis_url, operations)
+    elif use_async:
         import asyncio
 
         run_async = _benchmarks("bench_async").run_async
