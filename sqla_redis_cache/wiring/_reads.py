@@ -127,6 +127,7 @@ class ReadHooks(Listeners):
         self.policies = policies
         self._deps: dict[Any, tuple[list[str], Tally | None]] = {}
         self._fine: dict[Any, list[str]] = {}
+        self._value_keys: dict[tuple[str, str, str], str] = {}
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         directive: Any = context.execution_options.get(self.option_key)
@@ -375,18 +376,25 @@ class ReadHooks(Listeners):
     ) -> list[str]:
         """The dependency keys of a fine-grained entry: the namespace, the table tokens of the
         tables read table-level, the unknown-rows tokens of the others, the tags, then the
-        value tokens (see ``_values``)."""
-        fine = frozenset(t for t in values if t in tables)
+        value tokens (see ``_values``; ``values`` names tables the statement reads)."""
+        fine = tuple(values)  # sorted by table (``_values.read_values``)
         memo = (tables, tags, fine)
         base = self._fine.get(memo)
         if base is None:
             if len(self._fine) > 4096:
                 self._fine.clear()
-            base = self._fine[memo] = self.keys.dependencies(tables, tags, fine)
-        deps = list(base)
-        value = self.keys.value
-        for table in sorted(fine):
-            deps.extend(value(table, column, text) for column, text in values[table])
+            base = self._fine[memo] = self.keys.dependencies(tables, tags, frozenset(fine))
+        deps = base.copy()
+        known = self._value_keys
+        for table in fine:
+            for column, text in values[table]:
+                item = (table, column, text)
+                key = known.get(item)
+                if key is None:
+                    if len(known) > 65536:
+                        known.clear()
+                    key = known[item] = self.keys.value(table, column, text)
+                deps.append(key)
         return deps
 
     EVENTS = ("do_execute", "do_execute_no_params")
