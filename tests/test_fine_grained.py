@@ -406,3 +406,26 @@ def test_a_lost_update_under_read_committed(db: Database, cache: QueryCache) -> 
         user.name = "lost"
         s1.commit()  # the row is in org 1; the values believed say org 2
     assert read(db, tenant(1)) == fresh(db, tenant(1))
+
+
+def test_the_tenants_benchmark_reaches_the_ideal(sqlite_url: str, redis_url: str) -> None:
+    """``sqla-redis-cache bench --workload tenants``, small: the ideal model, and the library
+    within the issue's 0.03 of it (Redis timeouts under load may turn a hit into a miss)."""
+    from benchmarks import tenants
+
+    ops = [("read", 1), ("read", 2), ("write", 1), ("read", 2), ("read", 1)]  # row 1: tenant 1
+    assert tenants.ideal_hit_rate(ops, per_tenant=5) == 0.25  # tenant 2 stays valid
+    assert tenants.table_level_hit_rate(ops) == 0
+    report = tenants.run(
+        sqlite_url.replace(".db", "-tenants.db"),
+        redis_url,
+        250,
+        tenants=10,
+        per_tenant=5,
+        ratios=(0.2,),
+        commit_sizes=(10, 100),
+    )
+    row = report["hit_rate"]["20%"]
+    assert abs(row["fine"] - row["ideal"]) <= 0.03, row
+    assert row["table_level"] < row["fine"], row
+    assert report["commit"]["table_tokens_replaced_per_commit_with_100_entries"] == 1
