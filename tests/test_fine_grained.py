@@ -429,3 +429,60 @@ def test_the_tenants_benchmark_reaches_the_ideal(sqlite_url: str, redis_url: str
     assert abs(row["fine"] - row["ideal"]) <= 0.03, row
     assert row["table_level"] < row["fine"], row
     assert report["commit"]["table_tokens_replaced_per_commit_with_100_entries"] == 1
+
+
+# bounded bookkeeping ----------------------------------------------------------------------------
+
+
+def test_writes_create_no_value_token_and_reads_create_them_for_their_entry(
+    db: Database, cache: QueryCache, redis_url: str
+) -> None:
+    """A commit deletes the value tokens its rows touched (random tokens: a re-created one
+    matches no entry), so writes add no key; a read creates the tokens it needs with its
+    entry's lifetime, so none outlives the entries that depend on it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    ns = cache.config.namespace
+    cache.attach(db.Session)
+    for user_id in range(1, 7):  # rows nobody reads fine-grained
+        rename(db, user_id, f"renamed{user_id}")
+    assert client.keys(f"{ns}:v:*") == []
+    with db.Session() as s:
+        s.execute(tenant(1).options(cached(ttl=30))).all()
+    (key,) = client.keys(f"{ns}:v:*")
+    assert 0 < client.pttl(key) <= 30_000
+    rename(db, 1)  # org 1: its value token is deleted, and the entry misses
+    assert client.keys(f"{ns}:v:*") == []
+    expect_miss(db, tenant(1))
+
+
+def test_value_tokens_not_deleted_are_made_up_by_the_unknown_rows_token(
+    db: Database, cache: QueryCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis fails at commit: the deletions are not retried, the tables' unknown-rows tokens
+    are owed instead (coarser), and delivered in the background."""
+    import time
+
+    from sqla_redis_cache._cache import internals
+
+    cache.attach(db.Session)
+    warm(db, tenant(1), tenant(2))
+    io = internals(cache).storage.store.io
+    real_run = io.run
+    failing = {"on": True}
+
+    def run(operations: Any) -> Any:
+        if failing["on"]:
+            raise ConnectionError("down")
+        return real_run(operations)
+
+    monkeypatch.setattr(io, "run", run)
+    rename(db, 5)  # org 2; the invalidation is owed
+    failing["on"] = False
+    for _ in range(200):  # delivered in the background
+        if not internals(cache).storage.versions.owes:
+            break
+        time.sleep(0.01)
+    expect_miss(db, tenant(1))  # coarser: the whole table's fine-grained results
+    expect_miss(db, tenant(2))

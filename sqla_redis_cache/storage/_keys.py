@@ -168,6 +168,9 @@ class KeyBuilder:
         digest.update(canonical.encode("utf-8", "surrogatepass"))
         return self.prefix + "v:" + digest.hexdigest()
 
+    def is_value(self, key: str) -> bool:
+        return key.startswith(self.prefix + "v:")
+
     def bookkeeping(self, key: str) -> bool:
         """True for the tokens of fine-grained invalidation (unknown rows, values)."""
         return key.startswith((self.prefix + "u:", self.prefix + "v:"))

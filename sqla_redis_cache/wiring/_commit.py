@@ -100,6 +100,10 @@ class InvalidationPlan(NamedTuple):
     pending: str | None = None
     #: a Core commit that is over: its claim ends
     committed: str | None = None
+    #: value tokens to delete (fine-grained: the values the commit's known rows touched)
+    drop: list[str] | None = None
+    #: if Redis fails, owed instead of ``drop``: those tables' unknown-rows tokens
+    fallback: list[str] | None = None
 
 
 class CommitPath:
@@ -141,18 +145,25 @@ class CommitPath:
             return InvalidationPlan([keys.all_key], pending=pending, committed=committed)
         expanded, rule_tags = self.rules.expand(tables)
         token_keys = [keys.table(t) for t in expanded]
+        drop: list[str] = []
+        fallback: list[str] = []
         for table in expanded:
             known = None if values is None else values.get(table)
             if known is None:  # every fine-grained result of the table misses
                 token_keys.append(keys.unknown_rows(table))
-            else:
-                token_keys.extend(keys.value(table, column, text) for column, text in known)
+            else:  # deleted: a write creates no key (readers create what they read)
+                drop.extend(keys.value(table, column, text) for column, text in known)
+                fallback.append(keys.unknown_rows(table))
         token_keys.extend(keys.tag(t) for t in rule_tags.union(tags))
         if not entities:
-            return InvalidationPlan(token_keys, pending=pending, committed=committed)
+            return InvalidationPlan(
+                token_keys, pending=pending, committed=committed, drop=drop, fallback=fallback
+            )
         written = {keys.table(t) for t in tables}
         entries, expected = self.write_through.entries(entities, written)
-        return InvalidationPlan(token_keys, entries, expected, pending, committed)
+        return InvalidationPlan(
+            token_keys, entries, expected, pending, committed, drop=drop, fallback=fallback
+        )
 
     def run(self, plan: InvalidationPlan) -> bool:
         """Replace the plan's tokens and write its entries in one round trip; False (and the
@@ -164,6 +175,8 @@ class CommitPath:
             committed=plan.committed,
             expected=plan.expected,
             counted=sum(1 for key in plan.token_keys if not self.keys.bookkeeping(key)),
+            drop=plan.drop or (),
+            fallback=plan.fallback or (),
         )
         if ok and plan.committed is None:  # (a Core commit's end repeats its pending step)
             prefix = self.keys.prefix + "t:"
