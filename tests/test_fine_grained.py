@@ -458,31 +458,40 @@ def test_writes_create_no_value_token_and_reads_create_them_for_their_entry(
 
 
 def test_value_tokens_not_deleted_are_made_up_by_the_unknown_rows_token(
-    db: Database, cache: QueryCache, monkeypatch: pytest.MonkeyPatch
+    db: Database, redis_target: RedisTarget, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis fails at commit: the deletions are not retried, the tables' unknown-rows tokens
     are owed instead (coarser), and delivered in the background."""
     import time
 
+    import redis
+
     from sqla_redis_cache._cache import internals
 
-    cache.attach(db.Session)
-    warm(db, tenant(1), tenant(2))
-    io = internals(cache).storage.store.io
-    real_run = io.run
-    failing = {"on": True}
+    # no namespace replacement after the failure: it would hide what is owed here
+    cache = redis_target.cache(namespace, invalidate_after_outage=False)
+    try:
+        cache.attach(db.Session)
+        warm(db, tenant(1), tenant(2))
+        storage = internals(cache).storage
+        io = storage.store.io
+        real_run = io.run
+        failing = {"on": True}
 
-    def run(operations: Any) -> Any:
-        if failing["on"]:
-            raise ConnectionError("down")
-        return real_run(operations)
+        def run(operations: Any) -> Any:
+            if failing["on"]:  # a reply error: the connection itself is not lost
+                raise redis.exceptions.ResponseError("BUSY")
+            return real_run(operations)
 
-    monkeypatch.setattr(io, "run", run)
-    rename(db, 5)  # org 2; the invalidation is owed
-    failing["on"] = False
-    for _ in range(200):  # delivered in the background
-        if not internals(cache).storage.versions.owes:
-            break
-        time.sleep(0.01)
-    expect_miss(db, tenant(1))  # coarser: the whole table's fine-grained results
-    expect_miss(db, tenant(2))
+        monkeypatch.setattr(io, "run", run)
+        rename(db, 5)  # org 2; the invalidation is owed
+        failing["on"] = False
+        for _ in range(300):  # delivered in the background
+            if not storage.versions.owes:
+                break
+            time.sleep(0.01)
+        assert not storage.versions.owes
+        expect_miss(db, tenant(1))  # coarser: every fine-grained result of the table
+        expect_miss(db, tenant(2))
+    finally:
+        cache.close()
