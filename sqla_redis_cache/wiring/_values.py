@@ -16,9 +16,9 @@ on those values only:
   that value, and every commit that writes such a row replaces that value's token.  Every other
   shape (ranges, OR, functions of columns, ``text()``, a table read twice) keeps the table token.
 - **writers** (:class:`RowValues`): a flush's INSERT / UPDATE / DELETE of rows whose old and
-  new values the ORM knows (attribute history: loaded values, the assigned ones) replaces the
-  value tokens of each written row's old and new value of *every* candidate column of the table,
-  plus the table token (table-level results depend on it).  Anything else that writes a table
+  new values the ORM knows (attribute history: loaded values, the assigned ones) deletes the
+  value tokens of each written row's old and new value of *every* candidate column of the table
+  (``_commit``), and replaces the table token (table-level results depend on it).  Anything else that writes a table
   (bulk ORM DML, Core, ``text()``, DDL, database-side cascades, declared rules, an attribute
   assigned while its old value was never loaded, a server-generated value, more than
   :data:`MAX_VALUES_PER_TABLE` values in one commit) is *unknown rows*: the table token and the
@@ -29,10 +29,13 @@ candidate column, whichever columns readers constrain, so there is nothing to re
 race between a reader starting to constrain a new column and a concurrent commit (cacheops'
 "schemes" problem): a reader's entry depends only on keys every writer of its rows replaces.
 Tokens are created and read as table tokens are (``storage._versions``): read *before* the
-query, created if missing, so an evicted value token means a miss, never a stale hit; they
-live as long as table tokens (twice the longest TTL), so none outlives the entries that depend
-on it.  Each value token is its own key (a single-key command; Redis Cluster safe), and the
-commit sends them in the same single round trip as the table tokens.
+query, created if missing, so an evicted value token means a miss, never a stale hit.  Being
+random, a deleted token is as good as a replaced one (the next reader creates a value no entry
+carries), so a commit deletes value tokens rather than writing new ones: writes create no key,
+and a reader creates a value token with the lifetime of the entry it stores, so none outlives
+the entries that need it.  Each value token is its own key (a single-key command; Redis Cluster
+safe), and the commit sends them in the same single round trip as the table tokens; if Redis
+fails there, the tables' unknown-rows tokens are owed instead (``storage._versions``).
 
 Candidate columns are those whose equality in the database is equality of the Python values:
 integers, UUIDs (``as_uuid``) and strings without a collation, of the exact built-in column
