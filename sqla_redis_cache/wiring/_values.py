@@ -18,8 +18,8 @@ on those values only:
 - **writers** (:class:`RowValues`): a flush's INSERT / UPDATE / DELETE of rows whose old and
   new values the ORM knows (attribute history: loaded values, the assigned ones) deletes the
   value tokens of each written row's old and new value of *every* candidate column of the table
-  (``_commit``), and replaces the table token (table-level results depend on it).  Anything else that writes a table
-  (bulk ORM DML, Core, ``text()``, DDL, database-side cascades, declared rules, an attribute
+  (``_commit``), and replaces the table token (table-level results depend on it).  Anything
+  else that writes a table (bulk ORM DML, Core, ``text()``, DDL, database-side cascades, declared rules, an attribute
   assigned while its old value was never loaded, a server-generated value, more than
   :data:`MAX_VALUES_PER_TABLE` values in one commit) is *unknown rows*: the table token and the
   unknown-rows token are replaced, so every result of the table misses, as before.
