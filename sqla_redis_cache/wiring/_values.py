@@ -19,15 +19,17 @@ on those values only:
   new values the ORM knows (attribute history: loaded values, the assigned ones) deletes the
   value tokens of each written row's old and new value of *every* candidate column of the table
   (``_commit``), and replaces the table token (table-level results depend on it).  Anything
-  else that writes a table (bulk ORM DML, Core, ``text()``, DDL, database-side cascades, declared rules, an attribute
-  assigned while its old value was never loaded, a server-generated value, more than
-  :data:`MAX_VALUES_PER_TABLE` values in one commit) is *unknown rows*: the table token and the
-  unknown-rows token are replaced, so every result of the table misses, as before.
+  else that writes a table (bulk ORM DML, Core, ``text()``, DDL, database-side cascades,
+  declared rules, an attribute assigned while its old value was never loaded, a
+  server-generated value, more than :data:`MAX_VALUES_PER_TABLE` values in one commit) is
+  *unknown rows*: the table token and the unknown-rows token are replaced, so every result of
+  the table misses, as before.
 
 Why there is no registry of constrained columns.  The writer invalidates the values of every
 candidate column, whichever columns readers constrain, so there is nothing to register and no
 race between a reader starting to constrain a new column and a concurrent commit (cacheops'
-"schemes" problem): a reader's entry depends only on keys every writer of its rows replaces.
+"schemes" problem): a reader's entry depends only on keys every writer of its rows deletes or
+replaces.
 Tokens are created and read as table tokens are (``storage._versions``): read *before* the
 query, created if missing, so an evicted value token means a miss, never a stale hit.  Being
 random, a deleted token is as good as a replaced one (the next reader creates a value no entry
