@@ -495,3 +495,19 @@ def test_value_tokens_not_deleted_are_made_up_by_the_unknown_rows_token(
         expect_miss(db, tenant(2))
     finally:
         cache.close()
+
+
+def test_a_released_savepoint_is_not_a_commit(db: Database, cache: QueryCache) -> None:
+    """SQLAlchemy fires ``after_commit`` at a savepoint's release: the writes must stay
+    recorded, so the real commit invalidates what another session filled meanwhile (found by
+    the differential test, seed 821616485)."""
+    cache.attach(db.Session)
+    everyone = select(User.id, User.name).order_by(User.id)
+    warm(db, everyone)
+    with db.Session() as s:
+        s.connection()
+        with s.begin_nested():
+            s.execute(text("UPDATE app_user SET name = 'sp' WHERE id = 5"))
+        read(db, everyone)  # another session fills with the committed rows
+        s.commit()
+    expect_miss(db, everyone)

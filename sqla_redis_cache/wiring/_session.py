@@ -20,8 +20,9 @@ connection (``_values``: fine-grained invalidation), and lets the write-through
 before it commits).  ``after_commit`` runs once the
 database commit succeeded and hands the session to the commit path (``_commit``): the tables
 its connections wrote and the reloaded rows, invalidated and written through in one round trip,
-so by the time ``commit()`` returns every process misses on them.  A rollback invalidates
-nothing.
+so by the time ``commit()`` returns every process misses on them (not when a savepoint is
+released: SQLAlchemy fires ``after_commit`` then too, with nothing committed).  A rollback
+invalidates nothing.
 """
 
 from __future__ import annotations
@@ -167,6 +168,10 @@ class SessionHooks(Listeners):
                     unknown.add(table)
 
     def after_commit(self, session: Any) -> None:
+        # SQLAlchemy fires it when a savepoint is released too: nothing is committed then, and
+        # the transaction's writes must stay recorded (bypass now, invalidation at the commit)
+        if session.in_nested_transaction():
+            return
         self.commit_path.after_session_commit(session)
 
     def after_soft_rollback(self, session: Any, previous_transaction: Any) -> None:
