@@ -55,6 +55,7 @@ class Storage:
             token_ttl=2 * config.longest_ttl,
             commit_ttl=config.lock_timeout,
             retry_cap=config.breaker_cooldown,
+            entry_bound=self.keys.is_value,
         )
         if config.invalidate_after_outage:
             all_key = [self.keys.all_key]
