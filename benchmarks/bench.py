@@ -8,12 +8,18 @@ steady state of a busy worker), and the report gives medians over rounds and rat
 uncached query, never absolute claims.  Every iteration opens a fresh Session, runs the query,
 consumes the result and closes the session: the shape of a web request.
 
-The library is measured twice, with per-table statistics (the default) and without
-(``table_stats=False``), interleaved like the rest, so the report gives the hit-path cost of
-counting per table and region in the same run conditions (``table_stats_cost``), and a third
-time with table-level invalidation only (``fine_grained=False``): ``fine_grained_cost`` is the
-hit-path cost of fine-grained dependencies (``pk_1_row`` is an equality read: one more key in
-the lookup and the value's key computed per execution; the other shapes stay table-level).
+The library is measured three times, interleaved like the rest: as configured by default (the
+tracked near cache on: a repeated hit sends nothing to Redis), with ``near_cache_tracking=False``
+(``library_validated``: every hit reads its entry and tokens from Redis, one round trip), and
+without per-table statistics (``table_stats_cost``).  ``redis_commands_per_hit`` counts the data
+commands the Redis server ran for 100 further hits of each (``INFO commandstats``: use a scratch
+Redis).  ``--added-latency-ms`` puts a proxy adding that round-trip delay in front of Redis
+(``benchmarks/latency_proxy.py``, its own process), and ``commit_to_other_process`` times, with
+and without tracking, how long after ``commit()`` returns another process first reads the new
+value (``benchmarks/commit_watch.py``).
+A fourth time with table-level invalidation only (``fine_grained=False``): ``fine_grained_cost``
+is the hit-path cost of fine-grained dependencies (``pk_1_row`` is an equality read: one more key
+in the lookup and the value's key computed per execution; the other shapes stay table-level).
 
 The "recipe" is the approach documented in SQLAlchemy's dogpile_caching example: a
 ``do_orm_execute`` hook storing ``invoke_statement().freeze()`` in a dogpile region (Redis
@@ -179,6 +185,82 @@ def run(
     rows: int = 200_000,
     block: int = 10,
     near_cache: bool = True,
+    added_latency_ms: float = 0.0,
+) -> dict[str, Any]:
+    proxy = None
+    if added_latency_ms > 0:
+        proxy, redis_url = start_latency_proxy(redis_url, added_latency_ms / 2)
+    try:
+        return _run(database_url, redis_url, rounds, rows, block, near_cache, added_latency_ms)
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+
+
+def start_latency_proxy(redis_url: str, one_way_ms: float) -> tuple[Any, str]:
+    """``benchmarks/latency_proxy.py`` in its own process, in front of ``redis_url``'s server;
+    the proxy and the URL through it."""
+    import socket
+    import subprocess
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.latency_proxy", str(port),
+         parts.hostname or "127.0.0.1", str(parts.port or 6379), str(one_way_ms)],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+    return proxy, parts._replace(netloc=f"127.0.0.1:{port}").geturl()
+
+
+def _redis_round_trip_ms(redis_url: str) -> float:
+    """Median ``PING`` round trip to ``redis_url`` (through the proxy when there is one)."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        client.ping()
+        samples = []
+        for _ in range(200):
+            start = time.perf_counter()
+            client.ping()
+            samples.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    return round(statistics.median(samples) * 1000, 3)
+
+
+def _data_commands(redis_url: str) -> int:
+    """Data commands the server has run (``INFO commandstats``; the tracking connection's
+    heartbeat and handshake left out)."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(
+        int(v["calls"])
+        for k, v in stats.items()
+        if k.removeprefix("cmdstat_") in ("get", "mget", "set", "evalsha", "eval", "unlink")
+    )
+
+
+def _run(
+    database_url: str,
+    redis_url: str,
+    rounds: int,
+    rows: int,
+    block: int,
+    near_cache: bool,
+    added_latency_ms: float,
 ) -> dict[str, Any]:
     engine = create_engine(database_url)
     _setup(engine, rows)
@@ -210,11 +292,22 @@ def run(
     )
     table_level.clear()
     table_level.attach(coarse)
+    validating = sessionmaker(engine)
+    validated = QueryCache.from_url(
+        redis_url,
+        namespace="sqla_cache_bench_validated",
+        near_cache_size=512 if near_cache else 0,
+        near_cache_tracking=False,
+    )
+    validated.clear()
+    validated.attach(validating)
     report: dict[str, Any] = {
         "rounds": rounds,
         "block": block,
         "rows": rows,
         "near_cache": near_cache,
+        "added_latency_ms": added_latency_ms,
+        "redis_ping_ms": _redis_round_trip_ms(redis_url),
         "shapes": {},
     }
     for name, make in SHAPES.items():
@@ -224,6 +317,7 @@ def run(
             "uncached": (plain, stmt_plain),
             "recipe": (recipe, make(_FromRecipe("bench"))),
             "library": (ours, make(cached())),
+            "library_validated": (validating, make(cached())),
             "library_no_table_stats": (untallied, make(cached())),
             "library_table_level": (coarse, make(cached())),
         }
@@ -238,9 +332,17 @@ def run(
                 samples[label].append(total / block)
         medians = {k: statistics.median(v) for k, v in samples.items()}
         with_stats, without = medians["library"], medians["library_no_table_stats"]
+        per_hit = {}
+        for label in ("library", "library_validated"):
+            factory, stmt = variants[label]
+            before = _data_commands(redis_url)
+            for _ in range(100):
+                _time(factory, stmt, entities)
+            per_hit[label] = round((_data_commands(redis_url) - before) / 100, 2)
         report["shapes"][name] = {
             "median_ms": {k: round(v * 1000, 3) for k, v in medians.items()},
             "ratio_to_uncached": {k: round(v / medians["uncached"], 3) for k, v in medians.items()},
+            "redis_commands_per_hit": per_hit,
             "table_stats_cost": {
                 "extra_us": round((with_stats - without) * 1e6, 1),
                 "ratio": round(with_stats / without, 3),
@@ -251,8 +353,16 @@ def run(
             },
         }
     report["invalidation"] = _invalidation_cost(cache, ours, redis_url)
+    from .commit_watch import measure
+
+    report["commit_to_other_process"] = {
+        "near_cache_tracking": measure(database_url, redis_url, tracking=True),
+        "validated": measure(database_url, redis_url, tracking=False),
+    }
     cache.clear()
     cache.close()
+    validated.clear()
+    validated.close()
     plain_stats.clear()
     plain_stats.close()
     table_level.clear()

@@ -11,6 +11,7 @@ engines; it never patches SQLAlchemy.  Everything it writes to Redis lives under
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -202,8 +203,13 @@ class QueryCache(AsyncAPI):
     # statistics ----------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
-        """This process's counters and hit latency percentiles."""
-        return self._storage.stats.snapshot()
+        """This process's counters and hit latency percentiles (and the near cache's
+        figures, ``near``)."""
+        snapshot = self._storage.stats.snapshot()
+        near = self._storage.near
+        if near is None:
+            return snapshot
+        return dataclasses.replace(snapshot, near=near.figures())
 
     def reset_stats(self, *, shared: bool = False) -> None:
         """Zero this process's counters; with ``shared=True`` the shared ones as well."""

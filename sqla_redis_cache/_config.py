@@ -163,9 +163,19 @@ class CacheConfig:
     #: circuit breaker: consecutive failures before opening, and the cool-down
     breaker_threshold: int = 3
     breaker_cooldown: float = 2.0
-    #: decoded immutable query results kept in process (still validated against Redis on
-    #: every read; saves decoding only); 0 disables
+    #: decoded immutable query results kept in process, keyed by their entry (saves
+    #: decoding); 0 disables
     near_cache_size: int = 512
+    #: keep the Redis values a hit reads (version tokens, entries) in process, coherent through
+    #: Redis client tracking: a repeated hit sends nothing to Redis (docs/concepts.md, "The
+    #: near cache").  False validates every read against Redis (one round trip per hit)
+    near_cache_tracking: bool = True
+    #: bounds of those values in process (least recently used dropped first)
+    near_cache_keys: int = 100_000
+    near_cache_bytes: int = 64 * 1024 * 1024
+    #: memory is only used while every tracking connection answered a heartbeat sent less
+    #: than this many seconds ago (heartbeats every quarter of it)
+    near_cache_lease: float = 1.0
     #: seconds between flushes of this process's statistics to the shared ``<ns>:stats`` hash
     #: (a background thread started by ``attach()``); 0 keeps statistics local
     stats_interval: float = 10.0
@@ -236,6 +246,11 @@ class CacheConfig:
         seconds("lock_timeout", self.lock_timeout, error=err)
         seconds("lock_wait", self.lock_wait, minimum=0, error=err)
         seconds("stats_interval", self.stats_interval, minimum=0, error=err)
+        seconds("near_cache_lease", self.near_cache_lease, minimum=0.01, maximum=60, error=err)
+        for name in ("near_cache_size", "near_cache_keys", "near_cache_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"{name} must be an integer >= 0, not {value!r}")
         check_rules(self.invalidates)
         if not isinstance(self.write_through, bool) and (
             isinstance(self.write_through, str)

@@ -65,7 +65,15 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 @click.option("--rounds", default=30, show_default=True)
 @click.option("--block", default=10, show_default=True, help="Executions timed per round.")
 @click.option("--rows", default=200_000, show_default=True)
-@click.option("--no-near-cache", is_flag=True, help="Decode every hit (no in-process copy).")
+@click.option(
+    "--no-near-cache", is_flag=True, help="Decode every hit (no decoded results kept in process)."
+)
+@click.option(
+    "--added-latency-ms",
+    default=0.0,
+    show_default=True,
+    help="Round-trip delay added to Redis by a local proxy the benchmark starts.",
+)
 @click.option("--async", "use_async", is_flag=True, help="AsyncSession (asyncpg), with throughput.")
 @click.option("--concurrency", default=100, show_default=True, help="Coroutines (--async).")
 @click.option("--seconds", default=3.0, show_default=True, help="Throughput run (--async).")
@@ -88,6 +96,7 @@ def bench(
     block: int,
     rows: int,
     no_near_cache: bool,
+    added_latency_ms: float,
     use_async: bool,
     concurrency: int,
     seconds: float,
@@ -111,7 +120,15 @@ def bench(
         )
     else:
         run = _benchmarks("bench").run
-        report = run(database_url, redis_url, rounds, rows, block, near_cache=not no_near_cache)
+        report = run(
+            database_url,
+            redis_url,
+            rounds,
+            rows,
+            block,
+            near_cache=not no_near_cache,
+            added_latency_ms=added_latency_ms,
+        )
     click.echo(json.dumps(report, indent=2))  # in the order measured
 
 

@@ -25,7 +25,11 @@ from .models import User
 
 @contextlib.contextmanager
 def custom_cache(url: str, namespace: str, **settings: Any) -> Iterator[QueryCache]:
-    """A QueryCache with its own settings, cleared (best effort) and closed afterwards."""
+    """A QueryCache with its own settings, cleared (best effort) and closed afterwards.
+
+    The tracked near cache is off unless asked for: fault servers count every connection, and
+    the tracking connection's are not what these tests measure (tests/test_near_tracking.py)."""
+    settings.setdefault("near_cache_tracking", False)
     qc = QueryCache.from_url(url, namespace=namespace, **settings)
     try:
         yield qc

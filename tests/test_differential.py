@@ -13,8 +13,10 @@ SQLite in WAL mode) — with cached reads
 of every shape (equality / ``IN`` / ``IS NULL`` / range / ``OR`` filters, the equality
 shapes fine-grained: depending on values, not tables, ``wiring/_values.py``; joins, subqueries,
 CTEs, unions, aggregates, ``EXISTS``, polymorphic loads, ``selectinload``, ``joinedload``,
-lazy loads, ``session.get`` from the entity cache, legacy ``Query``).  Two caches on one
-namespace, each with its own engine and sessionmaker, stand for two processes.  Each read is
+lazy loads, ``session.get`` from the entity cache, legacy ``Query``).  Three caches on one
+namespace, each with its tracked near cache live (its own tracking connection and memory): A
+and B in this process, each with its own engine and sessionmaker, write and read; C runs in
+another process and serves reads over a pipe (``_differential/remote.py``).  Each read is
 compared with the same read on an unattached engine; inside an open transaction, with that
 transaction's own view.  The database is the model.
 
@@ -30,6 +32,11 @@ Replaying a failure
     ``@reproduce_failure('<version>', b'<blob>')``; ``SQLA_CACHE_DIFF_BLOB=<blob>`` replays
     exactly that shrunk case.
 
+Without the near cache
+    ``SQLA_CACHE_DIFF_TRACKING=0`` builds every side with ``near_cache_tracking=False`` (every
+    hit validated against Redis): replaying a failing seed with it tells a near-cache fault
+    from another.
+
 Known faults
     ``tests/_differential/common.py:KNOWN_FAULTS`` lists faults being fixed elsewhere; the
     rules that would hit one are not generated while its name is listed.  Remove the name
@@ -42,8 +49,8 @@ Adding a rule
     AUTOCOMMIT and in open Core transactions), the tables it may write and the dialects.
     A read shape: ``run(session, params, opts, x) -> plain values`` appended to
     ``reads.SHAPES``; apply ``opts`` to the statement (that is where ``cached()`` goes).
-    New machinery (a change-capture feed, a near cache, fine-grained invalidation settings)
-    goes in ``machine.Env.side`` (how a side's cache is built) or as a new ``@rule``.
+    New machinery (a change-capture feed, fine-grained invalidation settings) goes in
+    ``env.build_side`` (how a side's cache is built) or as a new ``@rule``.
 """
 
 from __future__ import annotations

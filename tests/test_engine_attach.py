@@ -64,6 +64,24 @@ def test_get_and_loaders_on_an_attached_engine(db: Database, cache: QueryCache) 
             assert s.get_one(User, 2, options=[cached()]).name == "user2"
 
 
+@pytest.mark.parametrize("first", ["without the option", "option first"])
+def test_eager_loads_follow_the_options_of_the_statement_executed(
+    db: Database, cache: QueryCache, first: str
+) -> None:
+    """SQLAlchemy pairs a compiled query's options with the executed statement's by position
+    when it builds its eager loads: ``cached()`` is part of the compiled-cache key, so another
+    order (or no option) compiled earlier never takes the option away from the loads."""
+    cache.attach(db.engine)
+    load = selectinload(Org.users)
+    earlier = [load] if first == "without the option" else [cached(), load]
+    with db.Session() as s:
+        assert len(s.scalars(select(Org).where(Org.id == 1).options(*earlier)).one().users) == 3
+    stmt = select(Org).where(Org.id == 1).options(load, cached())
+    for expected in (2, 0) if first == "without the option" else (0, 0):
+        with db.counter.expect(expected), db.Session() as s:
+            assert [u.id for u in s.scalars(stmt).one().users] == [1, 2, 3]
+
+
 def test_core_reads_on_an_attached_engine(db: Database, cache: QueryCache) -> None:
     cache.attach(db.engine)
     stmt = select(User.name).where(User.id == 3).options(cached(tags=["core"]))

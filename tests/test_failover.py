@@ -1,5 +1,6 @@
 """A master dies: queries keep answering from the database (fail-open, counted), and once a
-replica has taken over the same cache object serves hits and invalidates again, no restart.
+replica has taken over the same cache object serves hits and invalidates again, no restart;
+its tracked near cache follows the new master (hits from memory, invalidations heard).
 
 Each test starts its own deployment (it is damaged on purpose).  Timings go to stdout
 (``pytest -s``): time to the first hit after the kill.
@@ -12,10 +13,12 @@ from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import sessionmaker
 
 from sqla_redis_cache import QueryCache, cached
 
 from ._deployments import start_cluster, start_sentinel
+from ._tracking import wait_live
 from .conftest import Database
 from .models import User
 
@@ -29,7 +32,9 @@ def _read(db: Database) -> str:
         return str(s.scalar(STMT))
 
 
-def _survive_failover(db: Database, cache: QueryCache, kill: Callable[[], None]) -> float:
+def _survive_failover(
+    db: Database, cache: QueryCache, kill: Callable[[], None], other: QueryCache
+) -> float:
     cache.attach(db.Session)
     assert _read(db) == "user3"
     with db.counter.expect(0):
@@ -61,7 +66,27 @@ def _survive_failover(db: Database, cache: QueryCache, kill: Callable[[], None])
         assert _read(db) == "after-failover"
     with db.counter.expect(0):
         assert _read(db) == "after-failover"
+    _near_cache_follows(db, cache, other)
     return recovered
+
+
+def _near_cache_follows(db: Database, cache: QueryCache, other: QueryCache) -> None:
+    """The tracked near cache follows the new master: hits from memory again, and a commit
+    by another cache (whose invalidation only reaches us through tracking) is seen."""
+    wait_live(cache, timeout=30)
+    _read(db)
+    _read(db)
+    before = cache.stats().near["hits"]
+    with db.counter.expect(0):
+        assert _read(db) == "after-failover"
+    assert cache.stats().near["hits"] == before + 1
+    other_sessions = sessionmaker(db.engine)
+    other.attach(other_sessions)
+    with other_sessions() as s:
+        s.execute(update(User).where(User.id == 3).values(name="by-the-other"))
+        s.commit()
+    with db.counter.expect(1):
+        assert _read(db) == "by-the-other"
 
 
 def test_cluster_master_failover(pg: Database, namespace: str) -> None:
@@ -80,7 +105,14 @@ def test_cluster_master_failover(pg: Database, namespace: str) -> None:
         def kill() -> None:
             cluster.kill(owner)
 
-        recovered = _survive_failover(pg, cache, kill)
+        other = QueryCache.from_url(
+            f"redis://127.0.0.1:{cluster.ports[1 if cluster.ports[0] == owner else 0]}/0",
+            namespace=namespace,
+            cluster=True,
+            near_cache_tracking=False,
+        )
+        recovered = _survive_failover(pg, cache, kill, other)
+        other.close()
         cluster.wait_healthy()
         assert owner not in cluster.masters()
         print(f"\ncluster: first hit {recovered:.2f}s after the master was killed")
@@ -97,7 +129,13 @@ def test_sentinel_failover(pg: Database, namespace: str) -> None:
         breaker_cooldown=0.2,
     )
     try:
-        recovered = _survive_failover(pg, cache, lambda: setup.kill(setup.master))
+        other = QueryCache.from_url(
+            f"redis+sentinel://{setup.nodes}/{setup.name}/0",
+            namespace=namespace,
+            near_cache_tracking=False,
+        )
+        recovered = _survive_failover(pg, cache, lambda: setup.kill(setup.master), other)
+        other.close()
         assert setup.master_port() == setup.replica
         print(f"\nsentinel: first hit {recovered:.2f}s after the master was killed")
     finally:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqla_redis_cache import ConfigurationError, QueryCache, cached
 
 from . import _services
+from ._tracking import wait_live
 from .conftest import Database
 from .models import User
 
@@ -34,27 +35,38 @@ def _calls(client: redis.Redis, command: str) -> int:
     return int(stats["calls"]) if stats else 0
 
 
+@pytest.mark.parametrize("tracking", [False, True], ids=["validated", "near_cache"])
 def test_hits_send_one_command_and_stats_travel_only_on_flush(
-    pg: Database, private_redis: tuple[str, redis.Redis]
+    pg: Database, private_redis: tuple[str, redis.Redis], tracking: bool
 ) -> None:
     url, client = private_redis
-    cache = QueryCache.from_url(url, namespace="stats", stats_interval=0)
+    cache = QueryCache.from_url(
+        url, namespace="stats", stats_interval=0, near_cache_tracking=tracking
+    )
     try:
         cache.attach(pg.Session)
         stmt = select(User).where(User.org_id == 1).options(cached())
         with pg.Session() as s:
             s.scalars(stmt).all()
+        warm = 0
+        if tracking:  # the hits below come from process memory
+            wait_live(cache)
+            for _ in range(2):
+                with pg.Session() as s:
+                    s.scalars(stmt).all()
+            warm = 2
         mget_before = _calls(client, "mget")
         with pg.counter.expect(0):
             for _ in range(20):
                 with pg.Session() as s:
                     s.scalars(stmt).all()
-        assert _calls(client, "mget") - mget_before == 20  # one round trip per hit, nothing else
+        # one round trip per hit (none from the near cache), nothing else
+        assert _calls(client, "mget") - mget_before == (0 if tracking else 20)
         assert _calls(client, "hincrby") == 0
         assert cache.flush_stats()
         assert _calls(client, "hincrby") > 0
         raw = client.hgetall("stats:stats")
-        assert int(raw[b"hits"]) == 20 and int(raw[b"misses"]) == 1
+        assert int(raw[b"hits"]) == 20 + warm and int(raw[b"misses"]) == 1
         assert client.pttl("stats:stats") > 0  # idle namespaces do not keep stats forever
     finally:
         cache.close()

@@ -98,5 +98,5 @@ def delete_kind(storage: Storage, kind: str) -> int:
     """Delete every key of one kind (``q``: query results, ``e``: entities); how many, -1 when
     Redis failed."""
     match = escape_glob(f"{storage.keys.prefix}{kind}:") + "*"
-    deleted = storage.store.call(storage.store.io.delete_matching, match)
+    deleted = storage.store.delete_matching(match)
     return -1 if deleted is FAILED else int(deleted)

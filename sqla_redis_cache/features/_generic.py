@@ -94,7 +94,7 @@ def get_value(storage: Storage, key: str, default: Any = None) -> Any:
     if storage.versions.owes and not storage.versions.settle():
         return default
     started = time.perf_counter()
-    values = storage.store.get_many([redis_key, storage.keys.all_key])
+    values = storage.store.read([redis_key, storage.keys.all_key])
     if values is FAILED:
         return default
     entry, all_token = values
@@ -119,7 +119,7 @@ def _open(storage: Storage, entry: bytes | None, all_token: bytes | None) -> Any
     tags, value = opened[1]
     tokens: list[bytes | None] = [all_token]
     if tags:
-        more = storage.store.get_many([storage.keys.tag(t) for t in tags])
+        more = storage.store.read([storage.keys.tag(t) for t in tags])
         if more is FAILED:
             return _MISSING
         tokens.extend(more)
@@ -199,7 +199,7 @@ def delete_pattern(storage: Storage, pattern: str) -> int:
     failed (as ``clear()`` reports it)."""
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("pattern must be a non-empty string")
-    deleted = storage.store.call(storage.store.io.delete_matching, storage.keys.pattern(pattern))
+    deleted = storage.store.delete_matching(storage.keys.pattern(pattern))
     return -1 if deleted is FAILED else int(deleted)
 
 
@@ -207,7 +207,7 @@ def delete_namespace(storage: Storage) -> int:
     """Delete every key of the namespace (after ``clear()`` invalidated them all); how many,
     -1 when Redis failed."""
     everything = escape_glob(storage.keys.prefix) + "*"
-    deleted = storage.store.call(storage.store.io.delete_matching, everything)
+    deleted = storage.store.delete_matching(everything)
     if deleted is FAILED:
         return -1
     storage.stats.drain()[1]()  # the shared stats went too: do not resurrect them on close

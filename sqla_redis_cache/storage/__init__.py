@@ -9,6 +9,8 @@ contract in pyproject.toml keeps SQLAlchemy out).  Modules, in the order a looku
   (with owed invalidations retried in the background);
 - ``_reader``: read-through with stampede protection (one round trip per lookup, dogpile's
   lock over a Redis lock on a miss, near cache, refresh-ahead);
+- ``_near``: the tracked near cache: Redis values in process, dropped when Redis's client
+  tracking says they changed (a repeated hit sends nothing to Redis);
 - ``_codec``: the authenticated entry envelope; ``_rows``: raw DBAPI rows column by column;
   ``_drivertypes``: database drivers' own value classes in entries;
 - ``_capture``: change capture's liveness token and captured tables (readers' gate);
@@ -26,9 +28,12 @@ from collections.abc import Callable
 from .._config import CacheConfig
 from ..io._asyncio import Concurrency, LoopRouter
 from ..io._protocol import RedisIO
+from ..io._sync import SyncIO
+from ..io._tracking import endpoints
 from ._capture import CaptureGate
 from ._codec import EntryCodec
 from ._keys import KeyBuilder
+from ._near import NearValues
 from ._reader import Reader
 from ._stats import StatsRecorder
 from ._store import Store
@@ -57,9 +62,27 @@ class Storage:
             retry_cap=config.breaker_cooldown,
             entry_bound=self.keys.is_value,
         )
+        self.near: NearValues | None = None
+        if config.near_cache_tracking and isinstance(io, SyncIO):
+            client = io
+            breaker = self.store.breaker
+            self.near = NearValues(
+                config, lambda: endpoints(config, client.client), lambda: not breaker.is_open
+            )
+            self.store.near = self.near
+        lost: list[Callable[[], None]] = []
         if config.invalidate_after_outage:
             all_key = [self.keys.all_key]
-            self.store.on_connection_lost = lambda: self.versions.owe(all_key)
+            lost.append(lambda: self.versions.owe(all_key))
+        if self.near is not None:
+            lost.append(self.near.reset)
+        if lost:
+
+            def connection_lost() -> None:
+                for action in lost:
+                    action()
+
+            self.store.on_connection_lost = connection_lost
         self.codec = EntryCodec(
             config.secret, config.compress_threshold, config.max_entry_bytes, config.compression
         )
@@ -90,6 +113,8 @@ class Storage:
         connections."""
         self.reader.close()
         self.versions.close()
+        if self.near is not None:
+            self.near.close()
         self.store.breaker.stop()
         self.store.io.close()
         if isinstance(self.store.io_selector, LoopRouter):

@@ -15,9 +15,12 @@ it passes the lock to a small background pool and returns the aged value like ev
 The background job re-reads the tokens first, so what it stores is stamped with tokens read
 before its own query.  Without a detached builder the winner rebuilds inline (dogpile's default).
 
-The near cache keeps decoded values of immutable results in process, keyed by Redis key and
-checked against the entry's MAC: it only saves decoding.  Every lookup still reads the entry and
-the current tokens from Redis, so freshness, TTL and invalidation are exactly those of Redis.
+The near cache has two parts.  :class:`NearCache` keeps decoded values of immutable results,
+keyed by Redis key and checked against the entry's MAC: it saves decoding.  The tracked values
+(``_near``, through ``Store.read``) keep the entry and its tokens themselves in process while
+Redis's client tracking says they are unchanged: a repeated hit then sends nothing to Redis.
+Without tracking (``near_cache_tracking=False``, a custom I/O) every lookup reads the entry and
+the current tokens from Redis.
 """
 
 from __future__ import annotations
@@ -195,8 +198,9 @@ class Reader:
         keys = [key, *deps]
         capture = self.capture
         if live is None and (capture is None or time.monotonic() < capture.next_load):
-            values, alive = self.store.get_many(keys), True  # no table under change capture
-        else:
+            # no table under change capture: the tracked near cache may answer
+            values, alive = self.store.read(keys), True
+        else:  # the liveness key (or the captured set) rides along: always from Redis
             values, alive = capture.get_many(self.store, keys, live)  # type: ignore[union-attr]
         if values is FAILED or not alive:
             self.stats.bypasses += 1

@@ -100,6 +100,10 @@ class CacheStats:
     #: figures per table read (a read of two tables counts for both) and per region
     by_table: Mapping[str, GroupStats] = field(default_factory=dict)
     by_region: Mapping[str, GroupStats] = field(default_factory=dict)
+    #: the tracked near cache of this process (empty without tracking): ``hits`` served from
+    #: memory with no Redis command, ``keys`` and ``bytes`` held, keys ``invalidated`` by
+    #: Redis's messages, ``resets`` (tracking lost, flushes), ``live`` (1 while memory is used)
+    near: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def lookups(self) -> int:
@@ -122,6 +126,7 @@ class CacheStats:
             latency_p95_ms=round(self.latency_p95_ms, 4),
             latency_p99_ms=round(self.latency_p99_ms, 4),
             uncacheable_by_reason=dict(self.uncacheable_by_reason),
+            near=dict(self.near),
         )
         return out
 
@@ -343,7 +348,7 @@ def stats_from_hash(fields: Mapping[Any, Any]) -> CacheStats:
         return _OPEN_BUCKET_MS
 
     return CacheStats(
-        **{name: values.get(name, 0) for name in COUNTERS},
+        **{name: values.get(name, 0) for name in COUNTERS},  # type: ignore[arg-type]
         latency_p50_ms=pct(0.50),
         latency_p95_ms=pct(0.95),
         latency_p99_ms=pct(0.99),

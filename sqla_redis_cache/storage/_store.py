@@ -27,9 +27,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._config import CacheConfig
-from ..io._ops import Operation
+from ..io._ops import Get, HashGetAll, MemoryUsage, Operation
 from ..io._protocol import Mutex, RedisIO
 from ..io._sync import RedisLockMutex
+from ._near import NearValues
 from ._stats import StatsRecorder
 
 log = logging.getLogger("sqla_redis_cache")
@@ -160,6 +161,11 @@ class Breaker:
 _CONNECTIVITY_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterError, OSError)
 
 
+def written(operations: Sequence[Operation]) -> list[str]:
+    """The keys ``operations`` may change."""
+    return [op.key for op in operations if not isinstance(op, Get | HashGetAll | MemoryUsage)]
+
+
 class Store:
     """Fail-open front of a :class:`RedisIO`."""
 
@@ -181,6 +187,8 @@ class Store:
         self._last_warning = 0.0
         #: called on errors after which Redis may come back as another server
         self.on_connection_lost: Callable[[], None] | None = None
+        #: Redis values kept in process through client tracking (``_near``), or None
+        self.near: NearValues | None = None
 
     @property
     def io(self) -> RedisIO:
@@ -238,9 +246,41 @@ class Store:
         """The values of ``keys`` (one round trip), or FAILED."""
         return self.call(lambda: self.io.get_many(keys))
 
+    def read(self, keys: Sequence[str]) -> list[bytes | None]:
+        """:meth:`get_many` for a lookup: from process memory when the tracked near cache
+        has every key (no round trip), else from Redis, remembered for next time."""
+        near = self.near
+        if near is None:
+            return self.call(lambda: self.io.get_many(keys))
+        local = near.lookup(keys)
+        if local is not None:
+            return local  # type: ignore[return-value]
+        ticket = near.ticket()
+        values: Any = FAILED
+        try:
+            values = self.call(lambda: self.io.get_many(keys))
+        finally:
+            near.remember(ticket, keys, None if values is FAILED else values)
+        return values  # type: ignore[no-any-return]
+
     def run(self, operations: Sequence[Operation]) -> list[Any]:
         """The replies of ``operations`` (one round trip, see ``io._ops``), or FAILED."""
-        return self.call(lambda: self.io.run(operations))
+        near = self.near
+        if near is None:
+            return self.call(lambda: self.io.run(operations))
+        try:
+            return self.call(lambda: self.io.run(operations))
+        finally:  # what this process changed is never served from its memory again
+            near.forget(written(operations))
+
+    def delete_matching(self, match: str) -> int:
+        """Delete the keys matching the glob ``match`` (see ``RedisIO``); how many, or
+        FAILED.  The near cache forgets everything (which keys went is not known here)."""
+        try:
+            return self.call(lambda: self.io.delete_matching(match))
+        finally:
+            if self.near is not None:
+                self.near.forget_all()
 
     def lock(self, name: str) -> Mutex:
         if not self.breaker.allow():

@@ -268,6 +268,9 @@ class Versions:
         except (RedisError, OSError):
             store.stats.errors += 1
             return False
+        finally:
+            if store.near is not None:
+                store.near.forget(tokens)
         store.stats.invalidated(len(tokens), True, time.perf_counter() - started)
         store.breaker.success()  # Redis answers: requests may use it again at once
         self._settled(owed)

@@ -25,6 +25,8 @@ internal                                            used by
 ``OptionEngine._proxied``                           one engine behind ``execution_options()``
 ``DefaultExecutionContext.invoked_statement``,      ``cached()`` read from the statement on an
 ``Executable._with_options``                        engine attached by itself
+``HasCacheKey._cache_key_traversal`` (defined)      ``cached()`` / ``uncached()`` in the
+                                                    compiled-cache key (``_options``)
 ``DefaultExecutionContext.cache_hit`` /             statements SQLAlchemy cannot key run
 ``NO_CACHE_KEY``                                    uncached
 ``DefaultExecutionContext.cursor`` (assigned)       a hit is served as a cursor over cached rows

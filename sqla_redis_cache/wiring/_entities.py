@@ -181,7 +181,10 @@ class Entities:
         live = None
         if capture.tables:
             live = capture.live_key_for(frozenset(hierarchy.tables_for(translate)))
-        values, alive = capture.get_many(self.store, [key, *deps], live)
+        if live is None and not capture.due():  # the near cache may answer (``Store.read``)
+            values, alive = self.store.read([key, *deps]), True
+        else:  # the liveness key, or the captured set, rides along: always from Redis
+            values, alive = capture.get_many(self.store, [key, *deps], live)
         if values is FAILED or not alive:  # no listener: from the database, nothing stored
             return key, deps, None, None, mapper
         entry = values[0]

@@ -1,13 +1,22 @@
 """``cached()`` / ``uncached()``: the ORM options a statement opts in or out with, and what
 ``cached()`` carries to the store.
 
-The option is a :class:`~sqlalchemy.orm.UserDefinedOption`, so SQLAlchemy leaves it out of the
-statement's compiled-cache key (adding it never forces a recompile) and hands it to the
+The option is a :class:`~sqlalchemy.orm.UserDefinedOption` that SQLAlchemy hands to the
 ``do_orm_execute`` hook, which turns it into a :class:`CacheDirective` execution option.  The
 directive then travels with the execution down to the cursor, where the real work happens, after
 the session's autoflush has run.  ``propagate_to_loaders`` carries it to lazy and eager loads of
 objects the statement returns.  ``uncached()`` marks a statement that must run uncached
 whatever policy ``attach(..., default=..., tables=...)`` set (``_policy``); it carries nothing.
+
+Both options are part of the statement's compiled-cache key by their class alone (not their
+payload: ``ttl=60`` and ``ttl=600`` share one compiled form).  SQLAlchemy pairs a cached
+compiled query's options with the executed statement's *by position* when it builds the
+options of its eager and lazy loads (``QueryContext``); an option left out of the key would let
+``.options(cached(), selectinload(...))`` reuse the form compiled for
+``.options(selectinload(...), cached())`` (or for a statement without the option), and the
+loads would then carry the wrong options: a ``cached()`` lost, or one gained.  In the key, each
+order and presence compiles once, and the payload still comes from the executed statement
+(SQLAlchemy hands loads the executed statement's form of every option but loader strategies).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import UserDefinedOption
+from sqlalchemy.sql.cache_key import HasCacheKey
 
 from .._compression import COMPRESSORS
 from .._config import clean_names, seconds
@@ -40,10 +50,11 @@ class CacheDirective:
     refresh_after: float | None = None
 
 
-class CachedOption(UserDefinedOption):
+class CachedOption(HasCacheKey, UserDefinedOption):
     """Marks a statement as cacheable; build it with :func:`cached`."""
 
     __slots__ = ()
+    _cache_key_traversal = []  # noqa: RUF012  (keyed by its class only: module docstring)
     propagate_to_loaders = True
     payload: CacheDirective
 
@@ -51,10 +62,11 @@ class CachedOption(UserDefinedOption):
         return f"cached({self.payload!r})"
 
 
-class UncachedOption(UserDefinedOption):
+class UncachedOption(HasCacheKey, UserDefinedOption):
     """Marks a statement as never cached; build it with :func:`uncached`."""
 
     __slots__ = ()
+    _cache_key_traversal = []  # noqa: RUF012  (keyed by its class only: module docstring)
     propagate_to_loaders = True
 
     def __repr__(self) -> str:

@@ -1,12 +1,15 @@
 """The machine's surroundings: the database under test, the two cache sides, open transactions.
 
 Two ``QueryCache`` instances share one namespace, each with its own engine and sessionmaker
-(both attached): side A and side B stand for two processes.  The reference engine has no
-cache attached; it reads what the database holds.
+(both attached): side A and side B stand for two processes, each with its own tracked near
+cache (its own tracking connection and memory: they share nothing but Redis).  The reference
+engine has no cache attached; it reads what the database holds.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +62,7 @@ class Env:
             with self.ref.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         self.ref_sessions = sessionmaker(self.ref)
+        self._remote: RemoteSide | None = None
         #: PostgreSQL: the schema's tables carry the change-capture triggers for the whole
         #: session; each run starts a listener on side A (``machine``), for the outside writes
         self.captured: list[str] = []
@@ -71,30 +75,117 @@ class Env:
         return QueryCache.in_memory(stats_interval=0).change_capture(self.url)
 
     def side(self, label: str, namespace: str) -> Side:
-        """A cache with its own engine and sessionmaker, both attached (one "process").
+        """A cache with its own engine and sessionmaker, both attached (one "process")."""
+        return build_side(self.url, self.redis_url, label, namespace)
 
-        Later features (a near cache, change capture, fine-grained invalidation switches) are
-        configured here, for both sides."""
-        # a lock held by the other open transaction fails fast instead of waiting
-        engine = create_engine(self.url, connect_args=_lock_timeout(self.url, 300))
-        sqlite_foreign_keys(engine)
-        cache = QueryCache.from_url(
-            self.redis_url,
-            namespace=namespace,
-            invalidates=RULES,
-            stats_interval=0,
-            connect_timeout=2,  # a loaded machine must not make Redis fail open here
-            socket_timeout=2,
-        )
-        sessions = sessionmaker(engine)
-        cache.attach(engine)
-        cache.attach(sessions)
-        return Side(label, cache, engine, sessions)
+    def remote(self, namespace: str) -> RemoteSide:
+        """Side C: a cache in another process (``remote.py``) on ``namespace``, reading only."""
+        if self._remote is None:
+            self._remote = RemoteSide(self.url, self.redis_url)
+        self._remote.use(namespace)
+        return self._remote
 
     def dispose(self) -> None:
+        if self._remote is not None:
+            self._remote.stop()
         if self.captured:
             self._capture().uninstall(self.captured)
         self.ref.dispose()
+
+
+def build_side(url: str, redis_url: str, label: str, namespace: str) -> Side:
+    """A cache with its own engine and sessionmaker, both attached (one "process").
+
+    Later features (change capture, fine-grained invalidation switches) are configured here,
+    for every side.  The tracked near cache is on (the default): each side has its own
+    tracking connection and memory, so a read on one side after a commit on another is served
+    from memory only if Redis's invalidation message reached it; it is live before use."""
+    # SQLA_CACHE_DIFF_TRACKING=0 runs without it (telling a near-cache fault from another)
+    tracking = os.environ.get("SQLA_CACHE_DIFF_TRACKING", "1") != "0"
+    # a lock held by the other open transaction fails fast instead of waiting
+    engine = create_engine(url, connect_args=_lock_timeout(url, 300))
+    sqlite_foreign_keys(engine)
+    cache = QueryCache.from_url(
+        redis_url,
+        namespace=namespace,
+        invalidates=RULES,
+        stats_interval=0,
+        connect_timeout=2,  # a loaded machine must not make Redis fail open here
+        socket_timeout=2,
+        near_cache_tracking=tracking,
+    )
+    sessions = sessionmaker(engine)
+    cache.attach(engine)
+    cache.attach(sessions)
+    near = cache._storage.near
+    if near is None:
+        assert not tracking
+        return Side(label, cache, engine, sessions)
+    near.start()
+    deadline = time.monotonic() + 10
+    while not near.live and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert near.live, "the tracking connection did not come up"
+    return Side(label, cache, engine, sessions)
+
+
+class RemoteSide:
+    """Side C, in another process (``python -m tests._differential.remote``): the machine's
+    reads go to it over a pipe (pickled requests, length-prefixed) and come back as plain
+    values with the outcome (hit, miss, bypass).  It never writes; its cache shares nothing
+    with this process but Redis."""
+
+    label = "C"
+
+    def __init__(self, url: str, redis_url: str) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests._differential.remote", url, redis_url],
+            cwd=Path(__file__).resolve().parents[2],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def call(self, *request: Any) -> Any:
+        import pickle
+        import struct
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        data = pickle.dumps(request)
+        self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+        self.proc.stdin.flush()
+        head = self.proc.stdout.read(4)
+        if len(head) < 4:
+            raise RuntimeError(f"side C exited with {self.proc.wait()}")
+        (size,) = struct.unpack(">I", head)
+        kind, value = pickle.loads(self.proc.stdout.read(size))
+        if kind == "error":
+            raise RuntimeError(f"side C failed: {value}")
+        return value
+
+    def use(self, namespace: str) -> None:
+        self.call("use", namespace)
+
+    def read(self, shape: str, params: dict[str, Any]) -> tuple[Any, str]:
+        got, outcome = self.call("read", shape, params)
+        return got, outcome
+
+    def close(self) -> None:
+        self.call("use", None)
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+    def __repr__(self) -> str:
+        return "side C (another process)"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # Hypothesis' printer
+        printer.text(repr(self))
 
 
 @dataclass

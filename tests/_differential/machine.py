@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sqla_redis_cache import cached
 
 from .common import WRITE_THROUGH, Pool, gated_faults, plain
-from .env import Divergence, Env, OpenTx, Side, expected_failure, short
+from .env import Divergence, Env, OpenTx, RemoteSide, Side, expected_failure, short
 from .reads import CANARIES, SHAPES, Extract, ReadShape
 from .schema import seed
 from .tx_rules import TransactionRules
@@ -50,6 +50,7 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
         namespace = "d" + uuid.uuid4().hex[:12]
         self.a = env.side("A", namespace)
         self.b = env.side("B", namespace)
+        self.c = env.remote(namespace)  # reads only, from another process
         self.pool = Pool()
         self.txs: list[OpenTx] = []
         self.tx_count = 0
@@ -86,11 +87,15 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
         steps = "\n".join(self.log)
         raise Divergence(
             f"{what}\n  cached:   {got!r}\n  database: {expected!r}\n"
-            f"steps ({self.dialect}; A and B are two caches on one namespace):\n{steps}"
+            f"steps ({self.dialect}; A, B and C (another process) are caches on one "
+            f"namespace):\n{steps}"
         )
 
     def side(self, data: st.DataObject) -> Side:
         return data.draw(st.sampled_from([self.a, self.b]), label="side")
+
+    def reader(self, data: st.DataObject) -> Side | RemoteSide:
+        return data.draw(st.sampled_from([self.a, self.b, self.c]), label="reader")
 
     def sqlite_locked(self) -> bool:
         return self.dialect == "sqlite" and any(t.wrote and not t.idle for t in self.txs)
@@ -110,15 +115,24 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
 
     # reads ---------------------------------------------------------------------------------
 
-    def compare(self, side: Side, shape: ReadShape, p: dict[str, Any], how: str) -> None:
-        before = side.cache.stats()
-        with side.sessions() as s:
-            got = plain(shape.run(s, p, (cached(),), Extract()))
-        after = side.cache.stats()
-        outcome = "hit" if after.hits > before.hits else "miss"
-        if after.hits == before.hits and after.misses == before.misses:
-            outcome = "bypass"
-        self.count(f"read_{outcome}")
+    def compare(
+        self, side: Side | RemoteSide, shape: ReadShape, p: dict[str, Any], how: str
+    ) -> None:
+        if isinstance(side, RemoteSide):
+            got, outcome = side.read(shape.name, p)
+        else:
+            before = side.cache.stats()
+            with side.sessions() as s:
+                got = plain(shape.run(s, p, (cached(),), Extract()))
+            after = side.cache.stats()
+            outcome = "hit" if after.hits > before.hits else "miss"
+            if after.hits == before.hits and after.misses == before.misses:
+                outcome = "bypass"
+            if after.near.get("hits", 0) > before.near.get("hits", 0):
+                outcome = "hit from memory"
+        self.count(f"read_{outcome.split()[0]}")
+        if outcome == "hit from memory":
+            self.count("hits_from_memory")
         self.count(f"shape:{shape.name}")
         with self.env.ref_sessions() as s:
             expected = plain(shape.run(s, p, (), Extract()))
@@ -137,7 +151,7 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
 
     def check_recent(self, n: int = 3, canaries: bool = True) -> None:
         """Read every table and the latest reads again, through the side whose turn it is."""
-        side = self.a if len(self.log) % 2 else self.b
+        side = (self.a, self.b, self.c)[len(self.log) % 3]
         checks = [(c, {}) for c in CANARIES] if canaries else []
         for shape, p in [*checks, *list(self.recent.values())[-n:]]:
             self.compare(side, shape, p, "  check ")
@@ -147,13 +161,13 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
         shape = data.draw(st.sampled_from(SHAPES), label="shape")
         p = shape.draw(data.draw, self.pool)
         self.remember(shape, p)
-        self.compare(self.side(data), shape, p, "read ")
+        self.compare(self.reader(data), shape, p, "read ")
 
     @precondition(lambda self: bool(self.recent))
     @rule(data=st.data())
     def reread(self, data: st.DataObject) -> None:
         shape, p = data.draw(st.sampled_from(list(self.recent.values())), label="recent")
-        self.compare(self.side(data), shape, p, "read ")
+        self.compare(self.reader(data), shape, p, "read ")
 
     # writes --------------------------------------------------------------------------------
 
@@ -249,12 +263,12 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
                 else:
                     self.end_tx(tx, commit=False, why="(end of run)")
             for shape, p in self.recent.values():
-                for side in (self.a, self.b):
+                for side in (self.a, self.b, self.c):
                     self.compare(side, shape, p, "final read ")
             for n, (kind, name) in enumerate(_ENTITY_CHECKS.items()):
                 key = _BY_NAME[name].get[1]  # type: ignore[index]
                 for i, pk in enumerate(self.pool.hot.get(kind, ())):
-                    side = (self.a, self.b)[(n + i) % 2]
+                    side = (self.a, self.b, self.c)[(n + i) % 3]
                     self.compare(side, _BY_NAME[name], {key: pk}, "final read ")
         finally:
             trace = os.environ.get("SQLA_CACHE_DIFF_TRACE")
@@ -267,3 +281,4 @@ class DifferentialMachine(TransactionRules, RuleBasedStateMachine):
                 self.capture.stop()
             self.a.close()
             self.b.close()
+            self.c.close()
