@@ -268,39 +268,22 @@ def _run(
     recipe = sessionmaker(engine)
     _forget_recipe_entries(redis_url)  # pickles of another version may name other modules
     install_recipe(recipe, redis_url)
-    ours = sessionmaker(engine)
-    cache = QueryCache.from_url(
-        redis_url, namespace="sqla_cache_bench", near_cache_size=512 if near_cache else 0
-    )
-    cache.clear()
-    cache.attach(ours)
-    untallied = sessionmaker(engine)
-    plain_stats = QueryCache.from_url(
-        redis_url,
-        namespace="sqla_cache_bench_nostats",
-        near_cache_size=512 if near_cache else 0,
-        table_stats=False,
-    )
-    plain_stats.clear()
-    plain_stats.attach(untallied)
-    coarse = sessionmaker(engine)
-    table_level = QueryCache.from_url(
-        redis_url,
-        namespace="sqla_cache_bench_table_level",
-        near_cache_size=512 if near_cache else 0,
-        fine_grained=False,
-    )
-    table_level.clear()
-    table_level.attach(coarse)
-    validating = sessionmaker(engine)
-    validated = QueryCache.from_url(
-        redis_url,
-        namespace="sqla_cache_bench_validated",
-        near_cache_size=512 if near_cache else 0,
-        near_cache_tracking=False,
-    )
-    validated.clear()
-    validated.attach(validating)
+    def library(suffix: str, **settings: Any) -> tuple[sessionmaker[Session], QueryCache]:
+        factory = sessionmaker(engine)
+        qc = QueryCache.from_url(
+            redis_url,
+            namespace="sqla_cache_bench" + suffix,
+            near_cache_size=512 if near_cache else 0,
+            **settings,
+        )
+        qc.clear()
+        qc.attach(factory)
+        return factory, qc
+
+    ours, cache = library("")
+    untallied, plain_stats = library("_nostats", table_stats=False)
+    coarse, table_level = library("_table_level", fine_grained=False)
+    validating, validated = library("_validated", near_cache_tracking=False)
     report: dict[str, Any] = {
         "rounds": rounds,
         "block": block,
