@@ -19,13 +19,7 @@ Params = dict[str, Any]
 #: Faults known and being fixed elsewhere.  While a name is listed here, the rules that would
 #: hit it are not generated (each use says what it skips).  Remove a name once its fix merges;
 #: ``SQLA_CACHE_DIFF_UNGATE=name,...`` (or ``all``) turns gates off for a run without editing.
-KNOWN_FAULTS: dict[str, str] = {
-    "fine_grained_lost_update": (
-        "fine-grained invalidation takes a flushed row's old values from what the Session "
-        "loaded; under READ COMMITTED (and on SQLite) another transaction may have changed the "
-        "row since, so results of the values it set stay stale"
-    ),
-}
+KNOWN_FAULTS: dict[str, str] = {}
 
 
 WRITE_THROUGH = "entity_write_through_values"
