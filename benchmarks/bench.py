@@ -17,6 +17,9 @@ Redis).  ``--added-latency-ms`` puts a proxy adding that round-trip delay in fro
 (``benchmarks/latency_proxy.py``, its own process), and ``commit_to_other_process`` times, with
 and without tracking, how long after ``commit()`` returns another process first reads the new
 value (``benchmarks/commit_watch.py``).
+A fourth time with table-level invalidation only (``fine_grained=False``): ``fine_grained_cost``
+is the hit-path cost of fine-grained dependencies (``pk_1_row`` is an equality read: one more key
+in the lookup and the value's key computed per execution; the other shapes stay table-level).
 
 The "recipe" is the approach documented in SQLAlchemy's dogpile_caching example: a
 ``do_orm_execute`` hook storing ``invoke_statement().freeze()`` in a dogpile region (Redis
@@ -265,30 +268,22 @@ def _run(
     recipe = sessionmaker(engine)
     _forget_recipe_entries(redis_url)  # pickles of another version may name other modules
     install_recipe(recipe, redis_url)
-    ours = sessionmaker(engine)
-    cache = QueryCache.from_url(
-        redis_url, namespace="sqla_cache_bench", near_cache_size=512 if near_cache else 0
-    )
-    cache.clear()
-    cache.attach(ours)
-    untallied = sessionmaker(engine)
-    plain_stats = QueryCache.from_url(
-        redis_url,
-        namespace="sqla_cache_bench_nostats",
-        near_cache_size=512 if near_cache else 0,
-        table_stats=False,
-    )
-    plain_stats.clear()
-    plain_stats.attach(untallied)
-    validating = sessionmaker(engine)
-    validated = QueryCache.from_url(
-        redis_url,
-        namespace="sqla_cache_bench_validated",
-        near_cache_size=512 if near_cache else 0,
-        near_cache_tracking=False,
-    )
-    validated.clear()
-    validated.attach(validating)
+    def library(suffix: str, **settings: Any) -> tuple[sessionmaker[Session], QueryCache]:
+        factory = sessionmaker(engine)
+        qc = QueryCache.from_url(
+            redis_url,
+            namespace="sqla_cache_bench" + suffix,
+            near_cache_size=512 if near_cache else 0,
+            **settings,
+        )
+        qc.clear()
+        qc.attach(factory)
+        return factory, qc
+
+    ours, cache = library("")
+    untallied, plain_stats = library("_nostats", table_stats=False)
+    coarse, table_level = library("_table_level", fine_grained=False)
+    validating, validated = library("_validated", near_cache_tracking=False)
     report: dict[str, Any] = {
         "rounds": rounds,
         "block": block,
@@ -307,6 +302,7 @@ def _run(
             "library": (ours, make(cached())),
             "library_validated": (validating, make(cached())),
             "library_no_table_stats": (untallied, make(cached())),
+            "library_table_level": (coarse, make(cached())),
         }
         for factory, stmt in variants.values():  # warm: compile caches, fill both caches
             for _ in range(3):
@@ -334,6 +330,10 @@ def _run(
                 "extra_us": round((with_stats - without) * 1e6, 1),
                 "ratio": round(with_stats / without, 3),
             },
+            "fine_grained_cost": {
+                "extra_us": round((with_stats - medians["library_table_level"]) * 1e6, 1),
+                "ratio": round(with_stats / medians["library_table_level"], 3),
+            },
         }
     report["invalidation"] = _invalidation_cost(cache, ours, redis_url)
     from .commit_watch import measure
@@ -348,6 +348,8 @@ def _run(
     validated.close()
     plain_stats.clear()
     plain_stats.close()
+    table_level.clear()
+    table_level.close()
     engine.dispose()
     return report
 

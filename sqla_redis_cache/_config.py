@@ -182,6 +182,16 @@ class CacheConfig:
     #: count query hits, misses, bypasses and bytes per table and per region (one local
     #: increment per read, flushed with the other statistics)
     table_stats: bool = True
+    #: fine-grained invalidation: a result filtered by equality on a column (``col = :v``,
+    #: ``col IN (...)``, ``col IS NULL``) depends on those values, not on the whole table, and
+    #: a commit whose rows the ORM knows invalidates only their values (``wiring._values``)
+    fine_grained: bool = True
+    #: fine-grained invalidation of an UPDATE/DELETE flushed under READ COMMITTED or on SQLite:
+    #: False (the default) makes its table's rows unknown, because another transaction may have
+    #: changed the row after the Session loaded it; True takes the old values from what the
+    #: Session loaded (only safe when no two transactions write one row concurrently, e.g. every
+    #: writer locks what it loads; see docs/write-paths.md)
+    trust_loaded_values: bool = False
     #: extra keyword arguments for the redis-py client
     redis_options: Mapping[str, Any] = field(default_factory=dict)
     #: what else a write to a table invalidates, e.g.

@@ -79,10 +79,15 @@ def demo(database_url: str | None, redis_url: str | None, rows: int) -> None:
 @click.option("--seconds", default=3.0, show_default=True, help="Throughput run (--async).")
 @click.option(
     "--workload",
-    type=click.Choice(["queries", "capture"]),
+    type=click.Choice(["queries", "capture", "tenants"]),
     default="queries",
     show_default=True,
-    help="capture: change-capture lag (idle, 200 commits/s) and trigger cost per UPDATE.",
+    help="capture: change-capture lag (idle, 200 commits/s) and trigger cost per UPDATE; "
+    "tenants: hit rates of fine-grained and table-level invalidation next to the ideal "
+    "under a multi-tenant read/write mix (benchmarks/tenants.py).",
+)
+@click.option(
+    "--operations", default=4000, show_default=True, help="Operations per write ratio (tenants)."
 )
 def bench(
     database_url: str,
@@ -96,6 +101,7 @@ def bench(
     concurrency: int,
     seconds: float,
     workload: str,
+    operations: int,
 ) -> None:
     """Side-by-side benchmark: uncached, the plain SQLAlchemy recipe, this library.
 
@@ -103,6 +109,8 @@ def bench(
     """
     if workload == "capture":
         report = _benchmarks("capture").run(database_url, redis_url)
+    elif workload == "tenants":
+        report = _benchmarks("tenants").run(database_url, redis_url, operations)
     elif use_async:
         import asyncio
 

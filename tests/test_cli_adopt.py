@@ -74,7 +74,7 @@ def test_explain_a_statement_from_stdin_and_from_a_file(
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["cacheable"] and report["stored"] and report["fresh"]
-    assert [d["kind"] for d in report["dependencies"]] == ["namespace", "table"]
+    assert [d["kind"] for d in report["dependencies"]] == ["namespace", "unknown rows", "value"]
     done = cli(env, *app, "-", stdin="select(Org.name).join(User.org)")
     assert "cacheable : no" in done.stdout and "table org is never cached" in done.stdout
     with pg.Session() as s:

@@ -52,6 +52,7 @@ def test_the_installed_sqlalchemy_has_every_internal(unchecked: None) -> None:
         (QueryContext.default_load_options, "_populate_existing"),
         (Mapper, "_get_clause"),
         (ClassManager, "new_instance"),
+        (DefaultExecutionContext, "_expanded_parameters"),
     ],
 )
 def test_a_renamed_internal_is_a_clear_error_at_attach(
@@ -147,3 +148,17 @@ def test_the_greenlet_marker_is_set_in_sqlalchemy_greenlets() -> None:
 
     outside, spawned = asyncio.run(main())
     assert (outside, spawned) == (False, True)
+
+
+def test_a_compiler_without_bind_names_is_a_clear_error(
+    unchecked: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-grained reads find their bound values through ``SQLCompiler.bind_names``."""
+    real_init = SQLCompiler.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        del self.bind_names
+
+    monkeypatch.setattr(SQLCompiler, "__init__", init)
+    assert "SQLCompiler.bind_names" in _compat._problems()

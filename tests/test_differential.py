@@ -10,7 +10,8 @@ cache only knows by a declared ``invalidates`` rule — committed or rolled back
 savepoints rolled back or released, with autoflush on and off, in up to two open transactions
 (one may stay open while others commit; READ COMMITTED, REPEATABLE READ or SERIALIZABLE;
 SQLite in WAL mode) — with cached reads
-of every shape (equality / ``IN`` / ``IS NULL`` / range / ``OR`` filters, joins, subqueries,
+of every shape (equality / ``IN`` / ``IS NULL`` / range / ``OR`` filters, the equality
+shapes fine-grained: depending on values, not tables, ``wiring/_values.py``; joins, subqueries,
 CTEs, unions, aggregates, ``EXISTS``, polymorphic loads, ``selectinload``, ``joinedload``,
 lazy loads, ``session.get`` from the entity cache, legacy ``Query``).  Three caches on one
 namespace, each with its tracked near cache live (its own tracking connection and memory): A

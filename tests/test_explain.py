@@ -46,7 +46,14 @@ def test_a_cacheable_statement_its_key_dependencies_and_entry(
     assert (report.region, report.ttl) == ("db_aggregate", 900)
     assert report.tables == ("app_user",) and report.tags == ("org:1",)
     kinds = [(d.kind, d.name) for d in report.dependencies]
-    assert kinds == [("namespace", cache.config.namespace), ("table", "app_user"), ("tag", "org:1")]
+    assert kinds == [
+        ("namespace", cache.config.namespace),
+        ("unknown rows", "app_user"),  # fine-grained: the rows of org 1, not the whole table
+        ("tag", "org:1"),
+        ("value", "app_user.org_id = i:1"),
+    ]
+    assert report.values == ("app_user.org_id = i:1",)
+    assert "values    : app_user.org_id = i:1" in str(report)
     assert not report.stored and not report.fresh
     assert "app_user" in (report.sql or "")
     with db.Session() as s:

@@ -147,7 +147,7 @@ def test_an_invalidation_lost_in_a_failover_is_never_served(
     cache = QueryCache.from_url(url, namespace=namespace, breaker_cooldown=0.05)
     cache.attach(db.Session)
     admin = redis.Redis.from_url(url)
-    token_key = f"{namespace}:t:app_user"
+    token_key = f"{namespace}:u:app_user"  # what STMT (fine-grained, by id) depends on
     try:
         assert one(db) == "user1"  # filled
         old_token = admin.get(token_key)

@@ -208,16 +208,23 @@ def test_evicted_token_means_miss_not_stale(
     db: Database, cache: QueryCache, redis_url: str
 ) -> None:
     cache.attach(db.Session)
-    stmt = select(User.name).where(User.id == 1)
-    read(db, stmt)
     client = redis.Redis.from_url(redis_url)
     ns = cache.config.namespace
-    for key in (f"{ns}:t:app_user", f"{ns}:all"):
-        client.delete(key)
-        with db.counter.expect(1):
-            assert read(db, stmt) == [("user1",)]
-        with db.counter.expect(0):
-            read(db, stmt)
+    table_level = select(User.name).where(User.id < 2)
+    read(db, table_level)
+    fine = select(User.name).where(User.id == 1)  # fine-grained: unknown rows + value tokens
+    read(db, fine)
+    (value_key,) = [k.decode() for k in client.keys(f"{ns}:v:*")]
+    for stmt, keys in (
+        (table_level, (f"{ns}:t:app_user", f"{ns}:all")),
+        (fine, (f"{ns}:u:app_user", value_key, f"{ns}:all")),
+    ):
+        for key in keys:
+            client.delete(key)
+            with db.counter.expect(1):
+                assert read(db, stmt) == [("user1",)]
+            with db.counter.expect(0):
+                read(db, stmt)
 
 
 def test_clear_invalidates_at_once(db: Database, cache: QueryCache) -> None:

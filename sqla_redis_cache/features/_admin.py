@@ -25,6 +25,8 @@ KINDS = {
     "r": "regions",
     "t": "tokens",
     "g": "tokens",
+    "u": "tokens",  # unknown rows (fine-grained invalidation)
+    "v": "tokens",  # values (fine-grained invalidation)
     "all": "tokens",
     "capture": "tokens",  # change capture's liveness key and captured tables
     "stats": "stats",

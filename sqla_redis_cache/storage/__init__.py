@@ -60,6 +60,7 @@ class Storage:
             token_ttl=2 * config.longest_ttl,
             commit_ttl=config.lock_timeout,
             retry_cap=config.breaker_cooldown,
+            entry_bound=self.keys.is_value,
         )
         self.near: NearValues | None = None
         if config.near_cache_tracking and isinstance(io, SyncIO):

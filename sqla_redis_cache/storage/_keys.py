@@ -9,7 +9,10 @@ only its own keys.  The layout (see docs/deployment.md for slots):
   them;
 - ``ns:k:<key>``      a generic value (the key/value API);
 - ``ns:t:<table>``    the version token of a table; ``ns:g:<tag>`` of a tag; ``ns:all`` of
-  the whole namespace (replaced by ``clear()`` and by writes whose target is unknown).
+  the whole namespace (replaced by ``clear()`` and by writes whose target is unknown);
+- ``ns:u:<table>``    the *unknown rows* token of a table, and ``ns:v:<digest>`` the *value
+  token* of one value of one column (digest of table, column and the value's canonical text):
+  what fine-grained entries depend on instead of the table token (``wiring._values``).
 
 The SQL is taken *after* compilation, so anything that changes it (dialect, schema translation,
 literal rendering) changes the key.  The driver is part of the key because cached rows are raw
@@ -152,6 +155,26 @@ class KeyBuilder:
     def tag(self, name: str) -> str:
         return self.prefix + "g:" + name
 
+    def unknown_rows(self, table: str) -> str:
+        return self.prefix + "u:" + table
+
+    def value(self, table: str, column: str, canonical: str) -> str:
+        """The value token of ``column = value`` in ``table`` (``canonical``: the value's text
+        from ``wiring._values.canonical``, which tells types apart)."""
+        digest = hashlib.blake2b(table.encode(), digest_size=16)
+        digest.update(b"\x00")
+        digest.update(column.encode())
+        digest.update(b"\x00")
+        digest.update(canonical.encode("utf-8", "surrogatepass"))
+        return self.prefix + "v:" + digest.hexdigest()
+
+    def is_value(self, key: str) -> bool:
+        return key.startswith(self.prefix + "v:")
+
+    def bookkeeping(self, key: str) -> bool:
+        """True for the tokens of fine-grained invalidation (unknown rows, values)."""
+        return key.startswith((self.prefix + "u:", self.prefix + "v:"))
+
     def generic(self, key: str) -> str:
         if not isinstance(key, str) or not key:
             raise ValueError(f"cache keys must be non-empty strings, got {key!r}")
@@ -160,10 +183,14 @@ class KeyBuilder:
     def lock(self, key: str) -> str:
         return key + ":lock"
 
-    def dependencies(self, tables: Any, tags: Any) -> list[str]:
-        """Token keys an entry depends on, in a fixed order: all, tables, tags."""
+    def dependencies(self, tables: Any, tags: Any, fine: Any = ()) -> list[str]:
+        """Token keys an entry depends on, in a fixed order: all, tables, tags.
+
+        A table in ``fine`` contributes its unknown-rows token instead of its table token; the
+        caller appends the value tokens it depends on (per execution) after these keys.
+        """
         keys = [self.all_key]
-        keys.extend(self.table(t) for t in sorted(tables))
+        keys.extend(self.unknown_rows(t) if t in fine else self.table(t) for t in sorted(tables))
         keys.extend(self.tag(t) for t in sorted(tags))
         return keys
 

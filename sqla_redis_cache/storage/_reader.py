@@ -283,7 +283,9 @@ class _Fill(Generic[T]):
     def create(self) -> tuple[T, float]:
         stamps = None
         if self.values is not None:
-            stamps = self.reader.versions.ensure(self.keys[1:], self.values[1:])
+            stamps = self.reader.versions.ensure(
+                self.keys[1:], self.values[1:], max(1, int(self.ttl * 1000))
+            )
         value = self.build()
         self.built = True
         return value, self.store(stamps, value)
@@ -326,7 +328,9 @@ class _Fill(Generic[T]):
                 values = reader.store.get_many(self.keys)  # tokens before the query
                 if values is FAILED:
                     return
-                stamps = reader.versions.ensure(self.keys[1:], values[1:])
+                stamps = reader.versions.ensure(
+                    self.keys[1:], values[1:], max(1, int(self.ttl * 1000))
+                )
                 if stamps is not None:
                     self.store(stamps, refresh())
             except Exception:

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
-from ..io._ops import Get, Operation, ReplaceToken, Set
+from ..io._ops import Get, Operation, ReplaceToken, Set, Unlink
 from ..io._scripts import PENDING
 from ._store import FAILED, Store
 
@@ -69,9 +69,17 @@ def new_token() -> bytes:
 
 class Versions:
     def __init__(
-        self, store: Store, token_ttl: float, commit_ttl: float, retry_cap: float = 2.0
+        self,
+        store: Store,
+        token_ttl: float,
+        commit_ttl: float,
+        retry_cap: float = 2.0,
+        entry_bound: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
+        #: tokens created with the lifetime of the entry that needs them, not ``token_ttl``
+        #: (the value tokens of fine-grained invalidation: one per value read)
+        self._entry_bound = entry_bound
         self._retry_cap = retry_cap
         self._retrying = False
         self._stopped = threading.Event()
@@ -90,17 +98,28 @@ class Versions:
             return None
         return b"".join(values)  # type: ignore[arg-type]
 
-    def ensure(self, keys: Sequence[str], values: Sequence[bytes | None]) -> bytes | None:
+    def ensure(
+        self,
+        keys: Sequence[str],
+        values: Sequence[bytes | None],
+        entry_ttl_ms: int | None = None,
+    ) -> bytes | None:
         """Stamps for ``keys``, creating missing tokens first; None if Redis failed or a
-        token is pending (a commit in flight: nothing may be stored under it)."""
+        token is pending (a commit in flight: nothing may be stored under it).  Entry-bound
+        tokens are created for ``entry_ttl_ms`` (the entry about to be stored): they never
+        outlive the entries that need them, and one expiring early only costs a miss."""
         if any(v is not None and v.startswith(PENDING) for v in values):
             return None
         missing = [k for k, v in zip(keys, values, strict=True) if v is None]
         if not missing:
             return b"".join(values)  # type: ignore[arg-type]
         operations: list[Operation] = []
+        bound = self._entry_bound
         for key in missing:
-            operations.append(Set(key, new_token(), self._ttl_ms, only_if_absent=True))
+            ttl = self._ttl_ms
+            if entry_ttl_ms is not None and bound is not None and bound(key):
+                ttl = max(1, entry_ttl_ms)
+            operations.append(Set(key, new_token(), ttl, only_if_absent=True))
             operations.append(Get(key))
         replies = self.store.run(operations)
         if replies is FAILED:
@@ -119,6 +138,9 @@ class Versions:
         pending: str | None = None,
         committed: str | None = None,
         expected: Mapping[str, bytes] | None = None,
+        counted: int | None = None,
+        drop: Sequence[str] = (),
+        fallback: Sequence[str] = (),
     ) -> bool:
         """Replace the tokens of ``keys`` in one round trip; owe them if Redis fails.
 
@@ -126,6 +148,12 @@ class Versions:
         the token handed to ``extra`` becomes current only if the key still held that value.
 
         ``extra(new_tokens)`` may add operations to the same round trip (entity write-through).
+        ``drop``: tokens deleted in the same round trip (value tokens: random tokens, so a
+        deleted one is re-created with a value no entry carries); deletions are not retried:
+        if Redis fails, the tokens ``fallback`` (coarser: the tables' unknown-rows tokens) are
+        owed with the replacements instead.
+        ``counted``: how many of them the statistics count as invalidations (table, tag and
+        namespace tokens; not the bookkeeping of fine-grained invalidation), default all.
         ``pending``: the id of a Core commit about to happen; the tokens stay pending until
         ``invalidate(..., committed=id)`` or ``lock_timeout``.  A token pending for another
         commit stays pending (see ``io._scripts.REPLACE_TOKEN``).
@@ -148,17 +176,20 @@ class Versions:
         if expected and pending is None:
             swaps = {key: value for key, value in expected.items() if key in work}
         operations = self._replacements(work, tokens, swaps)
+        operations.extend(Unlink(key) for key in drop)
         if extra is not None:
             operations.extend(extra(tokens))
         started = time.perf_counter()
         replies = self.store.run(operations)
         ok = replies is not FAILED
-        self.store.stats.invalidated(len(tokens), ok, time.perf_counter() - started)
+        count = len(tokens) if counted is None else counted
+        self.store.stats.invalidated(count, ok, time.perf_counter() - started)
         if ok:
             self._settled(owed)
         else:
             self._owe(keys, claim)
-            if keys:  # other processes serve the old entries until this is delivered
+            self._owe(fallback)
+            if keys or fallback:  # other processes serve the old entries until this is delivered
                 self._start_retrying()
         return ok
 

@@ -90,6 +90,7 @@ class Wiring:
             commit_path=self.commit_path,
             engine_met=self.ensure_engine,
             policies=self.policies,
+            trust_loaded_values=config.trust_loaded_values,
         )
         #: what ``attach()`` was given (their synchronous objects), in order
         self.attached: list[Any] = []

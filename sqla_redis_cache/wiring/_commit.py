@@ -7,7 +7,9 @@ Every invalidation takes the same three steps, whoever asks for it:
    reloaded from the database just before it committed (``_write_through``); or the tables and
    tags named by ``invalidate_tables`` / ``invalidate_tags`` / ``clear``;
 2. **the plan** (:meth:`CommitPath.plan`): the token keys to replace (the tables with what the
-   declared rules add, ``_write_rules``; the whole namespace when a write's target is unknown),
+   declared rules add, ``_write_rules``; the whole namespace when a write's target is unknown;
+   for a table whose written rows are all known, the value tokens of their old and new values,
+   else its unknown-rows token: ``_values``),
    the entity entries to write through, and for a Core commit the commit id that keeps the
    tokens pending;
 3. **one pipeline** (:meth:`CommitPath.run`): ``storage._versions`` replaces the tokens and
@@ -98,6 +100,10 @@ class InvalidationPlan(NamedTuple):
     pending: str | None = None
     #: a Core commit that is over: its claim ends
     committed: str | None = None
+    #: value tokens to delete (fine-grained: the values the commit's known rows touched)
+    drop: list[str] | None = None
+    #: if Redis fails, owed instead of ``drop``: those tables' unknown-rows tokens
+    fallback: list[str] | None = None
 
 
 class CommitPath:
@@ -127,21 +133,37 @@ class CommitPath:
         entities: list[Reloaded] | None = None,
         pending: str | None = None,
         committed: str | None = None,
+        values: Mapping[str, Iterable[tuple[str, str]]] | None = None,
     ) -> InvalidationPlan:
         """The plan for ``tables`` and ``tags`` written (``ALL_TABLES``: the namespace), with
-        the entity rows ``entities`` reloaded before the commit."""
+        the entity rows ``entities`` reloaded before the commit.  ``values``: for tables whose
+        written rows are all known, the (column, value) pairs they touched; every other table
+        is written with unknown rows."""
         tables = set(tables)
         keys = self.keys
         if ALL_TABLES in tables:  # a write whose target is unknown: everything, no entity
             return InvalidationPlan([keys.all_key], pending=pending, committed=committed)
         expanded, rule_tags = self.rules.expand(tables)
         token_keys = [keys.table(t) for t in expanded]
+        drop: list[str] = []
+        fallback: list[str] = []
+        for table in expanded:
+            known = None if values is None else values.get(table)
+            if known is None:  # every fine-grained result of the table misses
+                token_keys.append(keys.unknown_rows(table))
+            else:  # deleted: a write creates no key (readers create what they read)
+                drop.extend(keys.value(table, column, text) for column, text in known)
+                fallback.append(keys.unknown_rows(table))
         token_keys.extend(keys.tag(t) for t in rule_tags.union(tags))
         if not entities:
-            return InvalidationPlan(token_keys, pending=pending, committed=committed)
+            return InvalidationPlan(
+                token_keys, pending=pending, committed=committed, drop=drop, fallback=fallback
+            )
         written = {keys.table(t) for t in tables}
         entries, expected = self.write_through.entries(entities, written)
-        return InvalidationPlan(token_keys, entries, expected, pending, committed)
+        return InvalidationPlan(
+            token_keys, entries, expected, pending, committed, drop=drop, fallback=fallback
+        )
 
     def run(self, plan: InvalidationPlan) -> bool:
         """Replace the plan's tokens and write its entries in one round trip; False (and the
@@ -152,6 +174,9 @@ class CommitPath:
             pending=plan.pending,
             committed=plan.committed,
             expected=plan.expected,
+            counted=sum(1 for key in plan.token_keys if not self.keys.bookkeeping(key)),
+            drop=plan.drop or (),
+            fallback=plan.fallback or (),
         )
         if ok and plan.committed is None:  # (a Core commit's end repeats its pending step)
             prefix = self.keys.prefix + "t:"
@@ -176,21 +201,31 @@ class CommitPath:
         k = self.k
         tables: set[str] = set()
         reloaded: list[Reloaded] = []
+        values: dict[str, set[tuple[str, str]]] = {}
+        unknown: set[str] = set()
         for conn in session_connections(session):
             info = conn.info
             written = info.pop(k.committing, None)
+            known = info.pop(k.committing_values, None) or {}
             if written:
                 tables |= written
+                unknown.update(t for t in written if t not in known)
+                for table, pairs in known.items():
+                    values.setdefault(table, set()).update(pairs)
             if conn.closed:
                 continue
             info.pop(k.entity_writes, None)  # noted, but this connection never committed
             done = info.pop(k.entity_reloaded, None)
             late = info.pop(k.written, None)
+            for key in (k.unknown, k.flushed, k.values):
+                info.pop(key, None)
             if late:  # written after the reload (and committed): invalidate tables, not rows
                 tables |= late
+                unknown |= late
             elif done is not None:
                 reloaded.append(done)
-        self.run(self.plan(tables, entities=reloaded))
+        fine = {t: v for t, v in values.items() if t not in unknown}
+        self.run(self.plan(tables, entities=reloaded, values=fine))
 
     # Core connections ----------------------------------------------------------------------------
 
@@ -217,6 +252,7 @@ class CommitPath:
         if graph is not None:  # its DDL is committed (or undone) now: read the graph again
             graph.mark_stale()
         tables = info.pop(k.committing, None) or set()
+        info.pop(k.committing_values, None)  # a Core commit: unknown rows (pending tokens)
         # (commit id, tables) of a commit made pending in ``before_core_commit``: a rollback
         # event after a failed commit may have dropped ``committing``, the claim still has to end
         claim = info.pop(k.claim, None)
@@ -248,8 +284,8 @@ class TransactionHooks(Listeners):
         info = conn.info
         self.commit_path.after_core_commit(info)  # the previous transaction's commit is over
         self.write_through.forget(info)
-        info.pop(self.k.written, None)
-        info.pop(self.k.tx_used, None)
+        for key in (self.k.written, self.k.tx_used, self.k.unknown, self.k.flushed, self.k.values):
+            info.pop(key, None)
 
     def commit(self, conn: Any) -> None:
         # 1. inside the transaction, after its last write: reload the entity rows it wrote
@@ -261,8 +297,27 @@ class TransactionHooks(Listeners):
         if state is not None:
             state.commit()
         written = info.pop(self.k.written, None)
+        unknown = info.pop(self.k.unknown, None) or set()
+        unknown |= info.pop(self.k.flushed, None) or set()  # no after_flush told their rows
+        values = info.pop(self.k.values, None) or {}
         if written:
-            info.setdefault(self.k.committing, set()).update(written)
+            committing = info.setdefault(self.k.committing, set())
+            known = info.get(self.k.committing_values)
+            for table in written:
+                pairs = values.get(table)
+                # known in this commit, and in every earlier one this connection still holds
+                if (
+                    pairs is not None
+                    and table not in unknown
+                    and (table not in committing or (known is not None and table in known))
+                ):
+                    if known is None:
+                        known = info[self.k.committing_values] = {}
+                    known.setdefault(table, set()).update(pairs)
+                    continue
+                if known is not None:  # unknown rows in one of the commits it holds
+                    known.pop(table, None)
+            committing.update(written)
         # 3. no Session will say when a Core connection's commit succeeded: pending tokens now
         self.commit_path.before_core_commit(conn)
 
@@ -270,7 +325,16 @@ class TransactionHooks(Listeners):
         if conn.invalidated:  # e.g. a task cancelled mid-query: its info went with it
             return
         info = conn.info
-        for key in (self.k.written, self.k.committing, self.k.tx_used):
+        k = self.k
+        for key in (
+            k.written,
+            k.committing,
+            k.tx_used,
+            k.unknown,
+            k.flushed,
+            k.values,
+            k.committing_values,
+        ):
             info.pop(key, None)
         state = info.get(STATE)
         if state is not None:

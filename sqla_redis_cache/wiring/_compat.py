@@ -36,7 +36,12 @@ internal                                            used by
 ``._populate_existing``, ``Mapper._get_clause``,    may answer; refresh loads are left out of
 ``Select._where_criteria``, the                     cache policies
 ``_sa_orm_load_options`` execution option
-``UOWTransaction.states``                           rows a flush wrote (write-through)
+``UOWTransaction.states``                           rows a flush wrote (write-through,
+                                                    fine-grained values)
+``SQLCompiler.bind_names``,                         the bound values a fine-grained result
+``DefaultExecutionContext._expanded_parameters``    depends on (``_values``)
+``Session._flushing``, the ``compiled_cache``        a write is a flush's own statement
+execution option of the ORM's persistence          (``_writes``)
 ``InstanceState.committed_state``,                  committed values of a loaded object; a
 ``ClassManager.new_instance()``,                    detached instance built from cached values
 ``NO_VALUE`` / ``NEVER_SET``
@@ -60,6 +65,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy
+from sqlalchemy import literal
 from sqlalchemy.engine import Connection, Engine, IteratorResult
 from sqlalchemy.engine.base import OptionEngineMixin
 from sqlalchemy.engine.default import NO_CACHE_KEY, DefaultExecutionContext
@@ -225,7 +231,30 @@ def statement_options(statement: Any) -> Sequence[Any]:
     return options
 
 
+def bind_names(compiled: Any) -> Mapping[Any, str]:
+    """BindParameter -> the name its value has in ``compiled_parameters``."""
+    names: Mapping[Any, str] = compiled.bind_names
+    return names
+
+
+def expanded_parameters(context: Any) -> Mapping[str, Sequence[str]]:
+    """An expanding parameter's name -> the names of its values, in this execution."""
+    expanded: Mapping[str, Sequence[str]] = context._expanded_parameters
+    return expanded
+
+
 # the ORM ---------------------------------------------------------------------------------------
+
+
+def flushing(session: Any) -> bool:
+    """True while ``session`` runs a flush."""
+    return bool(session._flushing)
+
+
+def persistence_statement(context: Any) -> bool:
+    """True for a statement the ORM's persistence emits (a flush, or bulk mappings), which
+    always carries the mapper's compiled cache as an execution option."""
+    return context.execution_options.get("compiled_cache") is not None
 
 
 def refreshes(orm_state: Any) -> bool:
@@ -325,6 +354,11 @@ def _problems() -> list[str]:
     need(Executable, "_with_options")
     need(Select, "_for_update_arg", "_where_criteria")
     need(SQLCompiler, "compile_state")
+    if not hasattr(literal(1).compile(), "bind_names"):
+        problems.append("SQLCompiler.bind_names")
+    need(DefaultExecutionContext, "_expanded_parameters")
+    if not hasattr(Session(), "_flushing"):
+        problems.append("Session._flushing")
     need(CompileState, "statement")
     need(QueryContext.default_load_options, "_refresh_state", "_populate_existing")
     need(Mapper, "_get_clause")

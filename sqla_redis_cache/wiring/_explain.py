@@ -89,6 +89,7 @@ class Explained(Exception):
         key: str | None = None,
         deps: list[str] | None = None,
         decided_by: str | None = None,
+        values: dict[str, list[tuple[str, str]]] | None = None,
     ) -> None:
         super().__init__(reason)
         self.request = request
@@ -99,6 +100,8 @@ class Explained(Exception):
         self.tables = tables
         self.key = key
         self.deps = deps or []
+        #: fine-grained: table -> (column, value text) the entry depends on (``_values``)
+        self.values = values or {}
         self.decided_by = decided_by or request.decided_by
 
 
@@ -106,7 +109,8 @@ class Explained(Exception):
 class Dependency:
     """One key an entry is stamped with."""
 
-    #: "namespace", "table", "tag", or "other" (a key of another kind)
+    #: "namespace", "table", "tag", "unknown rows" (of a table read fine-grained), "value"
+    #: (``table.column = value``: fine-grained), or "other" (a key of another kind)
     kind: str
     name: str
     key: str
@@ -136,6 +140,9 @@ class Explanation:
     refresh_after: float | None = None
     tables: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    #: fine-grained: the values the entry depends on, ``table.column = value`` (the value's
+    #: text: ``i:5`` an integer, ``s:abc`` a string, ``u:...`` a UUID, ``n`` NULL)
+    values: tuple[str, ...] = ()
     dependencies: tuple[Dependency, ...] = ()
     #: an entry is stored under ``key``
     stored: bool = False
@@ -172,6 +179,8 @@ class Explanation:
             lines.append(f"tables    : {', '.join(self.tables)}")
         if self.tags:
             lines.append(f"tags      : {', '.join(self.tags)}")
+        if self.values:
+            lines.append(f"values    : {', '.join(self.values)}")
         for dep in self.dependencies:
             lines.append(f"depends on: {dep.kind} {dep.name} ({dep.key}): token {dep.token}")
         if self.key:
@@ -193,13 +202,23 @@ def reason_text(code: str | None) -> str | None:
     return REASONS.get(code) or EXPLAIN_REASONS.get(code) or code
 
 
-def dependency(keys_prefix: str, all_key: str, key: str, token: bytes | object | None) -> Any:
-    if key == all_key:
+def dependency(
+    keys_prefix: str,
+    all_key: str,
+    key: str,
+    token: bytes | object | None,
+    named: dict[str, str] | None = None,
+) -> Any:
+    if named and key in named:
+        kind, name = "value", named[key]
+    elif key == all_key:
         kind, name = "namespace", keys_prefix.rstrip(":")
     elif key.startswith(keys_prefix + "t:"):
         kind, name = "table", key[len(keys_prefix) + 2 :]
     elif key.startswith(keys_prefix + "g:"):
         kind, name = "tag", key[len(keys_prefix) + 2 :]
+    elif key.startswith(keys_prefix + "u:"):
+        kind, name = "unknown rows", key[len(keys_prefix) + 2 :]
     else:
         kind, name = "other", key[len(keys_prefix) :]
     if token is FAILED:
@@ -232,12 +251,18 @@ def report(storage: Storage, found: Explained, region_ttl: Any) -> Explanation:
     if found.key is None:
         return Explanation(**base)
     keys = storage.keys
+    named = {
+        keys.value(table, column, text): f"{table}.{column} = {text}"
+        for table, pairs in found.values.items()
+        for column, text in pairs
+    }
+    base["values"] = tuple(named.values())
     values: Any = storage.store.get_many([found.key, *found.deps])
     unavailable = values is FAILED
     tokens: list[Any] = [FAILED] * len(found.deps) if unavailable else values[1:]
     base["key"] = found.key
     base["dependencies"] = tuple(
-        dependency(keys.prefix, keys.all_key, key, token)
+        dependency(keys.prefix, keys.all_key, key, token, named)
         for key, token in zip(found.deps, tokens, strict=True)
     )
     base["redis_unavailable"] = unavailable

@@ -29,6 +29,11 @@ after the session's autoflush, with the final SQL string and DBAPI parameters.
    ran, so SQLAlchemy builds the result exactly as from the database.  A miss runs the real
    cursor under the stampede lock, stores its rows, and serves them the same way.
 
+Fine-grained dependencies (``_values``): a SELECT constraining a table's column by equality to
+bound values depends, for that table, on the table's unknown-rows token and those values' tokens
+instead of the table token; the value keys are computed per execution from its parameters and
+read in the same ``MGET`` as the entry.
+
 The per-table and per-region counters (``storage._stats.Tally``) come with the dependency keys
 from one memoised lookup per (tables, tags, region), so counting costs a hit one increment.
 """
@@ -55,6 +60,7 @@ from ._options import SESSION_WIRED, CacheDirective, CachedOption, UncachedOptio
 from ._policy import Policies, Policy
 from ._runtime_settings import STATE
 from ._transaction import ALL_TABLES, ConnectionKeys, reads_snapshot
+from ._values import read_values
 from ._write_rules import WriteRules
 
 
@@ -125,6 +131,8 @@ class ReadHooks(Listeners):
         self._deps: dict[Any, tuple[list[str], Tally | None, str | None, int]] = {}
         #: change capture: which tables need a live listener (``storage._capture``)
         self.capture = reader.capture
+        self._fine: dict[Any, list[str]] = {}
+        self._value_keys: dict[tuple[str, str, str], str] = {}
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         directive: Any = context.execution_options.get(self.option_key)
@@ -272,6 +280,11 @@ class ReadHooks(Listeners):
                 "streamed_result", statement, explaining, directive, tables, parameters
             )
         deps, tally, live = self._group(tables, directive.tags, directive.region)
+        values = None
+        if reason is None and self.config.fine_grained:
+            values = read_values(context)
+            if values is not None:
+                deps = self._fine_deps(tables, directive.tags, values)
         conn = context.root_connection
         info = conn.info
         written = info.get(self.k.written)
@@ -308,6 +321,7 @@ class ReadHooks(Listeners):
                 tables=tables,
                 key=key,
                 deps=deps,
+                values=values,
             )
         region = self.config.region(directive.region)
         dialect = context.dialect
@@ -370,5 +384,34 @@ class ReadHooks(Listeners):
                 generation,
             )
         return found[0], found[1], found[2]
+
+    def _fine_deps(
+        self,
+        tables: frozenset[str],
+        tags: tuple[str, ...],
+        values: dict[str, list[tuple[str, str]]],
+    ) -> list[str]:
+        """The dependency keys of a fine-grained entry: the namespace, the table tokens of the
+        tables read table-level, the unknown-rows tokens of the others, the tags, then the
+        value tokens (see ``_values``; ``values`` names tables the statement reads)."""
+        fine = tuple(values)  # sorted by table (``_values.read_values``)
+        memo = (tables, tags, fine)
+        base = self._fine.get(memo)
+        if base is None:
+            if len(self._fine) > 4096:
+                self._fine.clear()
+            base = self._fine[memo] = self.keys.dependencies(tables, tags, frozenset(fine))
+        deps = base.copy()
+        known = self._value_keys
+        for table in fine:
+            for column, text in values[table]:
+                item = (table, column, text)
+                key = known.get(item)
+                if key is None:
+                    if len(known) > 65536:
+                        known.clear()
+                    key = known[item] = self.keys.value(table, column, text)
+                deps.append(key)
+        return deps
 
     EVENTS = ("do_execute", "do_execute_no_params")

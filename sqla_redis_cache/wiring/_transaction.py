@@ -17,7 +17,13 @@ The life of a transaction's bookkeeping, by the module that writes each name:
 - ``session_owned``: a Session drives the connection, so its ``after_commit`` invalidates;
 - ``entity_writes``, ``entity_reloaded``: the rows a flush wrote, and those rows as reloaded
   just before the commit (``_write_through``);
-- ``schema_changed``: the transaction ran DDL: the foreign-key graph is read again after it.
+- ``schema_changed``: the transaction ran DDL: the foreign-key graph is read again after it;
+- ``unknown``: written tables some of whose written rows are not known (``_writes``: any
+  write that is not a flush's own statement); ``flushed``: tables a flush's own statements
+  wrote, waiting for its ``after_flush`` to tell their rows' values (``_session``, ``_values``);
+  ``values``: table -> (column, value) pairs the transaction's known rows touched;
+  ``committing_values``: the same for ``committing`` (a table written with unknown rows in
+  any of the commits it holds is absent); ``owner``: the session driving the connection.
 
 The functions below answer the questions several hooks ask of that state: does this
 transaction read from a snapshot, may the entity cache answer for this session.
@@ -66,6 +72,12 @@ class ConnectionKeys:
     entity_writes: str
     entity_reloaded: str
     schema_changed: str
+    unknown: str
+    flushed: str
+    values: str
+    committing_values: str
+    owner: str
+    foreign_objects: str
 
     @classmethod
     def for_cache(cls, tag: str) -> ConnectionKeys:
@@ -79,6 +91,12 @@ class ConnectionKeys:
             prefix + "entity_writes",
             prefix + "entity_reloaded",
             prefix + "schema_changed",
+            prefix + "unknown",
+            prefix + "flushed",
+            prefix + "values",
+            prefix + "committing:values",
+            prefix + "owner",
+            prefix + "foreign_objects",
         )
 
 

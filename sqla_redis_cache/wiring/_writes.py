@@ -7,6 +7,12 @@ table the database changes along with them (``ON DELETE``/``ON UPDATE`` actions,
 CASCADE``: ``_fkgraph``).  It also notes session settings a statement changes
 (``_runtime_settings``).
 
+Fine-grained invalidation (``_values``): a statement a flush emits for its own rows (the ORM's
+persistence, while the connection's session is flushing, not a bulk ORM statement) leaves its
+target table *flushed*: the session's ``after_flush`` then tells the values of the rows it
+wrote.  Every other write (and the tables the database or declared rules change along) leaves
+its tables *unknown*: all their results miss at commit.
+
 Under AUTOCOMMIT isolation the write is already committed, so the commit path invalidates it at
 once (``_commit``).  So is a write after which a SQLite connection is outside any database
 transaction: DDL pysqlite runs without a ``BEGIN``, DML under the driver's own autocommit, and
@@ -25,9 +31,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._analysis import cte_written_tables, ddl_tables, written_tables
+from sqlalchemy.sql.selectable import TableClause
+
+from ._analysis import cte_written_tables, ddl_tables, table_name, written_tables
 from ._commit import CommitPath
-from ._compat import is_autocommit, sqlite_in_transaction
+from ._compat import flushing, is_autocommit, persistence_statement, sqlite_in_transaction
 from ._fkgraph import ForeignKeyGraphs
 from ._listeners import Listeners
 from ._runtime_settings import might_change_state, observe
@@ -36,6 +44,10 @@ from ._transaction import ALL_TABLES, ConnectionKeys
 from ._write_rules import WriteRules
 
 _NONE: frozenset[str] = frozenset()
+
+#: execution option marking ORM DML a session executes (bulk INSERT/UPDATE/DELETE): its rows
+#: are never the flush's own, even when it reaches the ORM's persistence
+ORM_DML = "sqla_redis_cache.orm_dml"
 
 
 def _sqlite_outside(conn: Any) -> bool:
@@ -82,8 +94,10 @@ class WriteHooks(Listeners):
             not getattr(context.cursor, "hit", False) and might_change_state(statement)
         ):
             observe(conn, info, statement, context.dialect.name, is_autocommit(conn))
+        own: str | None = None  # the table whose rows a flush writes with this statement
         if context.isinsert or context.isupdate or context.isdelete:
             tables, truncated = written_tables(context), _NONE
+            own = self._flush_table(info, context)
         elif context.is_text:  # text() and exec_driver_sql: read the SQL itself
             found = analyse_sql(
                 statement, context.dialect.name, context.dialect.default_schema_name
@@ -112,10 +126,44 @@ class WriteHooks(Listeners):
         written = info.get(self.k.written)
         if written is None:
             written = info[self.k.written] = set()
+        unknown = info.get(self.k.unknown)
+        if unknown is None:
+            unknown = info[self.k.unknown] = set()
         if tables is None:
             written.add(ALL_TABLES)
-        else:  # with what declared rules add (trigger targets): their rows are uncommitted too
-            written.update(self.rules.expand(tables)[0])
+            unknown.add(ALL_TABLES)
+            return
+        # with what declared rules add (trigger targets): their rows are uncommitted too
+        expanded = self.rules.expand(tables)[0]
+        written.update(expanded)
+        for table in expanded:
+            if table == own:
+                flushed = info.get(self.k.flushed)
+                if flushed is None:
+                    flushed = info[self.k.flushed] = set()
+                flushed.add(table)
+            else:
+                unknown.add(table)
+
+    def _flush_table(self, info: dict[str, Any], context: Any) -> str | None:
+        """The target table of a statement a flush emits for its own rows, else None."""
+        options = context.execution_options
+        if (
+            not persistence_statement(context)
+            or ORM_DML in options
+            or options.get("schema_translate_map")  # tenant schemas: table level
+        ):
+            return None
+        owner = info.get(self.k.owner)
+        session = None if owner is None else owner()
+        # a flush of the unit of work (``before_flush`` marks the session): the legacy bulk
+        # mappings run as a "flush" too, but fire neither event and their rows are unknown
+        if session is None or not flushing(session) or not session.info.get(self.k.flushed):
+            return None
+        table = getattr(context.compiled.statement, "table", None)
+        if not isinstance(table, TableClause):
+            return None
+        return table_name(table, None)
 
     def _schema_changed(self, conn: Any) -> None:
         graph = self.fk_graphs.state(conn)

@@ -236,6 +236,8 @@ class OpenTx:
     entity_flushed: set[str] = field(default_factory=set)
     db_written: set[str] = field(default_factory=set)
     committed_by_others: set[str] = field(default_factory=set)
+    #: tables the transaction's ORM unit of work wrote (gate "fine_grained_lost_update")
+    orm_written: set[str] = field(default_factory=set)
 
     def __repr__(self) -> str:
         return str(self)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import and_, exists, func, or_, select, union
 from sqlalchemy.orm import Session, joinedload, selectinload, with_polymorphic
 
-from .common import Draw, Params, Pool, pick, plain, some, tenant, user
+from .common import NAMES, Draw, Params, Pool, pick, plain, some, tenant, user
 from .schema import (
     Audit,
     DBase,
@@ -176,6 +176,21 @@ SHAPES: list[ReadShape] = [
         "users_nickname_null",
         _users_where(lambda p: User.nickname.is_(None), lambda p: User.tenant_id == p["t"]),
         lambda d, pool: {"t": tenant(d, pool)},
+    ),
+    ReadShape(  # fine-grained on a string column (every candidate column is invalidated)
+        "users_eq_name",
+        _users_where(lambda p: User.name == p["name"]),
+        lambda d, pool: {"name": d(NAMES)},
+    ),
+    ReadShape(  # fine-grained on the tenant, ANDed with a range on another column
+        "users_eq_tenant_score_range",
+        _users_where(lambda p: User.tenant_id == p["t"], lambda p: User.score >= p["lo"]),
+        lambda d, pool: {"t": tenant(d, pool), "lo": d(st.integers(0, 40))},
+    ),
+    ReadShape(  # fine-grained on the nickname values (NULL among them)
+        "users_in_nicknames",
+        _users_where(lambda p: User.nickname.in_(p["nicks"])),
+        lambda d, pool: {"nicks": d(st.lists(st.sampled_from(["x", "y", "zz"]), max_size=2))},
     ),
     ReadShape(
         "users_score_range",

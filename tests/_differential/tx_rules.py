@@ -181,6 +181,8 @@ class TransactionRules(_Base):
         for flushed in (tx.entity_flushed, *(f.entity_flushed for f in tx.frames)):
             flushed.update(path.flushes)
         tx.db_written |= path.writes - path.flushes
+        if path.kind == "orm":
+            tx.orm_written |= path.writes
         self.note(f"in {tx}: write {path.name} {p}: {result}")
         self.check_recent(2, canaries=False)  # nobody else sees it
 
@@ -264,6 +266,14 @@ class TransactionRules(_Base):
         self.end_tx(tx, commit=data.draw(st.integers(0, 3), label="commit unless 0") > 0)
 
     def end_tx(self, tx: OpenTx, *, commit: bool, why: str = "") -> None:
+        if (
+            commit
+            and "fine_grained_lost_update" in self.gates
+            and tx.session is not None
+            and tx.isolation == ""
+            and tx.orm_written & tx.committed_by_others
+        ):  # gated: its flushes may carry old values another commit changed since
+            commit, why = False, "(gated: fine_grained_lost_update)"
         outcome = "commit" if commit else "rollback"
         handle: Any = tx.session if tx.session is not None else tx.conn
         try:
