@@ -11,19 +11,17 @@ application registers), else ``--redis-url``/``--namespace``, else the environme
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from ._capture_cli import capture
+from ._cli_common import emit_json, load_app, operator_command
 from ._errors import ConfigurationError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -154,70 +152,6 @@ def _benchmarks(name: str) -> Any:
 # operator commands ---------------------------------------------------------------------------
 
 
-def _load_app(spec: str) -> Any:
-    from ._cache import QueryCache
-
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise click.ClickException(f"--app must look like 'package.module:attribute', not {spec!r}")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise click.ClickException(f"cannot load --app {spec}: {exc}") from None
-    if not isinstance(target, QueryCache):
-        raise click.ClickException(f"--app {spec} is a {type(target).__name__}, not a QueryCache")
-    return target
-
-
-def _connect(app: str | None, redis_url: str | None, namespace: str) -> Any:
-    from ._cache import QueryCache
-    from ._operator import connection_error
-
-    try:
-        if app:
-            cache = _load_app(app)
-        elif redis_url:
-            cache = QueryCache.from_url(redis_url, namespace=namespace, stats_interval=0)
-        else:
-            cache = QueryCache.from_env(namespace=namespace, stats_interval=0)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-    problem = connection_error(cache)
-    if problem:
-        raise click.ClickException(problem)
-    return cache
-
-
-def _operator_command(fn: F) -> F:
-    """Adds the connection options; passes a connected ``cache`` to the command."""
-
-    @click.option("--app", envvar="SQLA_CACHE_APP", help="The app's QueryCache, 'module:attr'.")
-    @click.option("--redis-url", envvar="REDIS_URL", help="Redis URL (env REDIS_URL).")
-    @click.option(
-        "--namespace",
-        envvar="SQLA_CACHE_NAMESPACE",
-        default="sqlacache",
-        show_default=True,
-        help="Key namespace (env SQLA_CACHE_NAMESPACE).",
-    )
-    @functools.wraps(fn)
-    def command(app: str | None, redis_url: str | None, namespace: str, **kw: Any) -> Any:
-        cache = _connect(app, redis_url, namespace)
-        try:
-            return fn(cache, **kw)
-        finally:
-            if not app:
-                cache.close()
-
-    return command  # type: ignore[return-value]
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
 def _reasons_line(stats: dict[str, Any]) -> None:
     reasons = stats.get("uncacheable_by_reason") or {}
     if reasons:
@@ -243,7 +177,7 @@ def _stats_lines(stats: dict[str, Any]) -> None:
 
 
 @main.command()
-@_operator_command
+@operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(cache: Any, as_json: bool) -> None:
     """Connection, server, memory and entries of the namespace, hit rate and errors."""
@@ -251,7 +185,7 @@ def status(cache: Any, as_json: bool) -> None:
 
     report = status_report(cache)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     server = report.get("server") or {}
     click.echo(
@@ -278,7 +212,7 @@ def status(cache: Any, as_json: bool) -> None:
 
 
 @main.command()
-@_operator_command
+@operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--by",
@@ -294,7 +228,7 @@ def stats(cache: Any, as_json: bool, by: str | None) -> None:
     if by is not None:
         groups = shared.breakdown(by)
         if as_json:
-            _emit_json({name: figures.as_dict() for name, figures in groups.items()})
+            emit_json({name: figures.as_dict() for name, figures in groups.items()})
             return
         from ._operator import breakdown_lines
 
@@ -302,14 +236,14 @@ def stats(cache: Any, as_json: bool, by: str | None) -> None:
             click.echo(line)
         return
     if as_json:
-        _emit_json(shared.as_dict())
+        emit_json(shared.as_dict())
         return
     click.echo(f"namespace {cache.config.namespace} (all processes):")
     _stats_lines(shared.as_dict())
 
 
 @main.command()
-@_operator_command
+@operator_command
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--limit", default=10, show_default=True, help="Tables shown per list.")
 @click.option("--iterations", type=int, default=None, help="Stop after N frames.")
@@ -361,7 +295,7 @@ def explain(
     from ._explain_cli import ExplainError, explain_source, load
     from ._expression import UnsafeExpression
 
-    cache = _load_app(app)
+    cache = load_app(app)
     module_names = models or (app.partition(":")[0],)
     try:
         modules = [load(name) for name in module_names]
@@ -371,13 +305,13 @@ def explain(
     except (UnsafeExpression, ExplainError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        _emit_json(report.as_dict())
+        emit_json(report.as_dict())
     else:
         click.echo(str(report))
 
 
 @main.command("reset-stats")
-@_operator_command
+@operator_command
 def reset_stats(cache: Any) -> None:
     """Zero the shared statistics of the namespace."""
     cache.reset_stats(shared=True)
@@ -385,7 +319,7 @@ def reset_stats(cache: Any) -> None:
 
 
 @main.command()
-@_operator_command
+@operator_command
 @click.option("--all", "everything", is_flag=True, help="Everything in the namespace.")
 @click.option("--queries", is_flag=True, help="Cached query results.")
 @click.option("--entities", is_flag=True, help="Cached entities.")
@@ -441,7 +375,7 @@ def clear(
 
 
 @main.command()
-@_operator_command
+@operator_command
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def warm(cache: Any, as_json: bool) -> None:
     """Run the warm-up callables the application registered (needs --app)."""
@@ -452,7 +386,7 @@ def warm(cache: Any, as_json: bool) -> None:
             "QueryCache, with cache.register_warmup(...) done at import)"
         )
     if as_json:
-        _emit_json(report)
+        emit_json(report)
     else:
         for name, outcome in report.items():
             detail = outcome.get("error") if not outcome["ok"] else outcome.get("result")
@@ -462,88 +396,7 @@ def warm(cache: Any, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-@main.group()
-def capture() -> None:
-    """Change capture from PostgreSQL: outside writes invalidate too (docs/capture.md)."""
-
-
-def _database_option(fn: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="DATABASE_URL",
-        required=True,
-        help="The application's database URL, any PostgreSQL driver (env DATABASE_URL).",
-    )(fn)
-
-
-def _change_capture(cache: Any, database_url: str) -> Any:
-    try:
-        return cache.change_capture(database_url)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@capture.command("install")
-@_operator_command
-@_database_option
-@click.option("--table", "tables", multiple=True, help="Table to capture (default: all).")
-def capture_install(cache: Any, database_url: str, tables: tuple[str, ...]) -> None:
-    """Put the capture triggers on the tables (idempotent)."""
-    change = _change_capture(cache, database_url)
-    try:
-        captured = change.install(tables or None)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"capturing {len(captured)} table(s): {', '.join(captured)}")
-
-
-@capture.command("uninstall")
-@_operator_command
-@_database_option
-@click.option("--table", "tables", multiple=True, help="Table to stop capturing (default all).")
-def capture_uninstall(cache: Any, database_url: str, tables: tuple[str, ...]) -> None:
-    """Remove the capture triggers (and their function once unused)."""
-    change = _change_capture(cache, database_url)
-    try:
-        left = change.uninstall(tables or None)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"still capturing {len(left)} table(s)" + (f": {', '.join(left)}" if left else ""))
-
-
-@capture.command("run")
-@_operator_command
-@_database_option
-@click.option(
-    "--liveness-timeout",
-    default=2.0,
-    show_default=True,
-    help="Seconds after which readers stop trusting a listener that went silent.",
-)
-def capture_run(cache: Any, database_url: str, liveness_timeout: float) -> None:
-    """Run the listener in the foreground until SIGINT / SIGTERM."""
-    import signal
-
-    try:
-        change = cache.change_capture(database_url, liveness_timeout=liveness_timeout)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: change.stop())
-
-    def ready() -> None:
-        click.echo(
-            f"listening: namespace {cache.config.namespace}, "
-            f"{len(change.tables)} captured table name(s)"
-        )
-        sys.stdout.flush()
-
-    try:
-        change.run(on_ready=ready)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"stopped after {change.notifications} notification(s)")
-
+main.add_command(capture)
 
 if __name__ == "__main__":
     main()
