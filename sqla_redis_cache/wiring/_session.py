@@ -44,8 +44,9 @@ from ._explain import UNCACHED, ExplainOption, ExplainRequest
 from ._listeners import Listeners
 from ._options import SESSION_WIRED, CachedOption, UncachedOption
 from ._policy import Policies
+from ._row_values import RowValues
 from ._transaction import CONNECTIONS, ConnectionKeys, session_connections, snapshot_isolated
-from ._values import MAX_VALUES_PER_TABLE, RowValues
+from ._values import MAX_VALUES_PER_TABLE
 from ._write_through import WriteThrough
 from ._writes import ORM_DML
 

@@ -47,11 +47,12 @@ only made from the exact Python type of its column (``int``, ``str``, ``uuid.UUI
 any other value (``"5"`` bound to an integer column, a ``bool``) makes the reader table-level and
 the writer unknown.
 
-Limits (see docs/write-paths.md): values the ORM believes old are what it loaded; a row
-another transaction changed between this transaction's load and its flush (a lost update under
-READ COMMITTED, also possible with ``expire_on_commit=False``) is written with the values
-believed, so results of the value that other transaction set may stay stale until their TTL.
-Map a ``version_id_col`` (the ORM then refuses such a flush) or set ``fine_grained=False``.
+Certainty (see docs/write-paths.md): the old values the ORM holds are what the Session loaded.
+Another transaction may have changed the row since, under READ COMMITTED and on SQLite, so an
+UPDATE or DELETE uses them only where they are certain (PostgreSQL REPEATABLE READ or
+SERIALIZABLE, ``_session.SessionHooks._old_values_certain``) or the application says so
+(``trust_loaded_values``); otherwise its table's rows are unknown.  The writers' side (which
+values a flush touched) is ``_row_values``.
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from sqlalchemy import Column, Table, types
-from sqlalchemy.orm import Mapper
-from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import (
     BinaryExpression,
@@ -82,13 +81,9 @@ from sqlalchemy.sql.selectable import (
 
 from ._analysis import table_name
 from ._compat import (
-    NEVER_SET,
-    NO_VALUE,
     bind_names,
-    committed_state,
     expanded_parameters,
     final_statement,
-    flushed_states,
     where_criteria,
 )
 
@@ -345,108 +340,3 @@ def _constraint(
     if op is operators.in_op and right.expanding:
         return Constraint(table, left.name, kind, name, True), (pk, 2)
     return None
-
-
-# writers ----------------------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-class RowValues:
-    """The values a flush's rows touched, per table, or None for a table whose rows are not
-    all known (see the module docstring)."""
-
-    @staticmethod
-    def of_flush(
-        session: Any, flush_context: Any, tables: Iterable[str], old_certain: bool
-    ) -> dict[str, set[tuple[str, str]] | None]:
-        """For each table in ``tables`` (written by this flush's own statements): the (column,
-        canonical value) pairs of the old and new values of its candidate columns, or None.
-        ``old_certain``: whether loaded old values are the rows' values as they are written
-        (``_session.SessionHooks._old_values_certain``); when not, a table with an updated or
-        deleted row is None."""
-        wanted = set(tables)
-        out: dict[str, set[tuple[str, str]] | None] = {t: set() for t in wanted}
-        seen: set[str] = set()
-        new_states = {id(s) for s in _states_of(session.new)}
-        for state, (isdelete, _listonly) in flushed_states(flush_context).items():
-            mapper: Mapper[Any] = state.mapper
-            for table in mapper.tables:
-                if not isinstance(table, Table):
-                    continue
-                name = table_name(table, None)
-                if name not in wanted:
-                    continue
-                seen.add(name)
-                values = out.get(name)
-                if values is None:
-                    continue
-                inserted = id(state) in new_states
-                if not (inserted or old_certain):
-                    out[name] = None
-                    continue
-                ok = _row_values(state, mapper, table, isdelete, inserted, values)
-                if not ok or len(values) > MAX_VALUES_PER_TABLE:
-                    out[name] = None
-        for name in wanted - seen:  # written by the flush, but no row the ORM knows of
-            out[name] = None
-        return out
-
-
-def _states_of(objects: Iterable[Any]) -> list[Any]:
-    from sqlalchemy import inspect
-
-    return [inspect(o) for o in objects]
-
-
-def _inserts_null(column: Column[Any]) -> bool:
-    """An attribute never set on a new object: the ORM inserts NULL for this column."""
-    return (
-        column.default is None
-        and column.server_default is None
-        and not column.primary_key
-        and column.nullable is True
-    )
-
-
-def _row_values(
-    state: Any,
-    mapper: Mapper[Any],
-    table: Table,
-    isdelete: bool,
-    inserted: bool,
-    out: set[tuple[str, str]],
-) -> bool:
-    dict_ = state.dict
-    committed = committed_state(state)
-    for column, kind in candidate_columns(table):
-        try:
-            key = mapper.get_property_by_column(column).key
-        except UnmappedColumnError:
-            return False
-        current = dict_.get(key, _MISSING)
-        if not isdelete:  # the new value
-            if current is _MISSING:
-                if not (inserted and _inserts_null(column)):
-                    return False  # server-generated, expired, or set to an SQL expression
-                new: Any = None
-            else:
-                new = current
-            text = canonical(kind, new)
-            if text is None:
-                return False
-            out.add((column.name, text))
-        if not inserted:  # the old value
-            if key in committed:
-                old = committed[key]
-                if old is NO_VALUE or old is NEVER_SET:
-                    return False  # assigned while the old value was never loaded
-            elif current is _MISSING:
-                return False  # not loaded (expired, deferred)
-            else:
-                old = current
-            text = canonical(kind, old)
-            if text is None:
-                return False
-            out.add((column.name, text))
-    return True
