@@ -42,6 +42,8 @@ def default_cache(redis_target: RedisTarget, namespace: str) -> Iterator[QueryCa
     yield qc
     qc.clear()
     qc.close()
+
+
 adb = test_asyncio.adb  # the fixture: asyncpg and aiosqlite over the seeded databases
 
 
