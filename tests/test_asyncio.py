@@ -24,7 +24,7 @@ from sqla_redis_cache import QueryCache, cached
 from . import _services
 from ._busy import while_redis_is_busy
 from ._counting import Counter, make_counted_async_engine
-from .conftest import EVERY_DEPLOYMENT, Database, _database
+from .conftest import EVERY_DEPLOYMENT, Database, RedisTarget, _database
 from .models import User
 
 #: every test building its caches through ``redis_target`` runs on each deployment
@@ -424,22 +424,41 @@ def test_in_memory_backend_under_asyncio(adb: AsyncDb, namespace: str) -> None:
     assert (local.stats().hits, local.stats().misses) == (10, 1)  # 9 reads + aget
 
 
-def test_cancelled_miss_releases_its_locks(apg: AsyncDb, cache: QueryCache) -> None:
+def test_cancelled_miss_releases_its_locks(
+    apg: AsyncDb, cache: QueryCache, redis_target: RedisTarget
+) -> None:
     """A request cancelled mid-miss (a client hung up) must not leave the key locked."""
-    slow = select(User.name, func.pg_sleep(0.3)).where(User.id == 2).options(cached())
+    # the miss's query waits on an advisory lock this test holds: it is surely still running
+    # when it is cancelled, however loaded the machine
+    key = 731_001
+    blocked = (
+        select(User.name, func.pg_advisory_xact_lock_shared(key).label("waited"))
+        .where(User.id == 2)
+        .options(cached())
+    )
+    client = redis_target.client()
+
+    def locks() -> list[Any]:
+        return list(client.scan_iter(match=f"{cache.config.namespace}:*:lock"))
 
     async def read(loop: Loop) -> str:
         async with loop.Session() as s:
-            return (await s.execute(slow)).one()[0]
+            return (await s.execute(blocked)).one()[0]
 
-    async def body(loop: Loop) -> float:
-        victim = asyncio.create_task(read(loop))
-        await asyncio.sleep(0.1)  # it holds the locks and waits on the database
-        victim.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await victim
-        started = time.perf_counter()
+    async def body(loop: Loop) -> list[Any]:
+        with apg.sync.engine.connect() as holder:
+            holder.execute(select(func.pg_advisory_lock(key)))
+            victim = asyncio.create_task(read(loop))
+            while not locks():  # it holds the locks and waits on the database
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert not victim.done()
+            victim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await victim
+            left = locks()
+            holder.execute(select(func.pg_advisory_unlock(key)))
         assert await read(loop) == "user2"
-        return time.perf_counter() - started
+        return left
 
-    assert run(apg, cache, body) < 2.0  # not lock_wait (10 s): nothing was left locked
+    assert run(apg, cache, body) == []  # nothing was left locked
