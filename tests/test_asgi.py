@@ -146,7 +146,7 @@ def test_redis_down_passes_requests_through() -> None:
     cache.close()
 
 
-def test_concurrent_misses_of_one_url_run_the_app_once(cache: QueryCache) -> None:
+def test_concurrent_misses_of_one_url_run_the_app_once(patient_cache: QueryCache) -> None:
     """The stampede lock: the first miss runs the app, the others wait for its entry."""
     calls: Counter[str] = Counter()
 
@@ -155,20 +155,20 @@ def test_concurrent_misses_of_one_url_run_the_app_once(cache: QueryCache) -> Non
         await asyncio.sleep(0.3)
         return JSONResponse({"n": calls["slow"]})
 
-    app = CacheMiddleware(Starlette(routes=[Route("/slow", slow)]), cache)
+    app = CacheMiddleware(Starlette(routes=[Route("/slow", slow)]), patient_cache)
 
     async def body() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             responses = await asyncio.gather(*(client.get("/slow") for _ in range(6)))
-            await cache.aclose()
+            await patient_cache.aclose()
             return list(responses)
 
     responses = asyncio.run(body())
     assert calls["slow"] == 1
     assert sorted(r.headers["x-cache"] for r in responses) == ["HIT"] * 5 + ["MISS"]
     assert all(r.json() == {"n": 1} for r in responses)
-    assert cache.stats().lock_waits == 5
+    assert patient_cache.stats().lock_waits == 5
 
 
 # the status API --------------------------------------------------------------------------------
