@@ -62,12 +62,9 @@ def test_aged_entry_is_served_while_one_background_refresh_runs(
     write_outside(outside, 11)
     time.sleep(0.35)  # past the soft TTL
     results: list[int] = []
-    latencies: list[float] = []
 
     def caller() -> None:
-        started = time.perf_counter()
         results.append(read(pg, stmt))
-        latencies.append(time.perf_counter() - started)
 
     with pg.counter.expect(1) as window:  # the background refresh, nothing else
         threads = [threading.Thread(target=caller) for _ in range(12)]
@@ -77,8 +74,8 @@ def test_aged_entry_is_served_while_one_background_refresh_runs(
             t.join(10)
         time.sleep(0.8)  # let the refresh (0.4 s query) finish
     assert "pg_sleep" in window.statements[0]
-    assert results == [10] * 12  # everyone got the aged value
-    assert max(latencies) < 0.3  # and nobody waited for the 0.4 s query
+    # everyone got the aged value: a caller that waited for the refresh would have read 11
+    assert results == [10] * 12
     with pg.counter.expect(0):
         assert read(pg, stmt) == 11  # the refreshed entry
 
@@ -134,10 +131,9 @@ def test_get_or_set_refreshes_in_the_background(redis_url: str, namespace: str) 
 
         assert qc.get_or_set("m", creator, region="metrics") == 1
         time.sleep(0.25)
-        started = time.perf_counter()
-        assert qc.get_or_set("m", creator, region="metrics") == 1  # aged value, at once
+        # the aged value: a caller that waited for the refresh would have had 2
         assert qc.get_or_set("m", creator, region="metrics") == 1
-        assert time.perf_counter() - started < 0.2
+        assert qc.get_or_set("m", creator, region="metrics") == 1
         time.sleep(0.5)
         assert qc.get_or_set("m", creator, region="metrics") == 2
         assert len(calls) == 2
