@@ -8,6 +8,7 @@ started, stopped, SIGKILLed) must turn reads of captured tables into bypasses, n
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
@@ -171,6 +172,40 @@ def test_no_listener_means_bypass_not_stale(app: App, outside: Engine) -> None:
     assert app.read(plain) == "a"
     assert app.read(plain) == "a"
     assert app.cache.stats().hits == 1
+
+
+def test_no_listener_is_logged_and_explained(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    """Installed but not started is a deployment mistake: it must not show only as a hit rate
+    of zero."""
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __table__ = item
+
+    factory = sessionmaker(app.engine)
+    app.cache.attach(factory)
+    stmt = select(item.c.v).where(item.c.id == 1).options(cached())
+    with caplog.at_level(logging.WARNING, logger="sqla_redis_cache"):
+        for _ in range(3):
+            assert app.read() == "a"
+        app.cache._storage.capture.next_warning = 0.0  # the entity cache says it too
+        for _ in range(3):
+            with factory() as session:
+                assert session.get(Item, 1, options=[cached()]) is not None
+    said = [r.getMessage() for r in caplog.records if "no listener" in r.getMessage()]
+    assert len(said) == 2, said  # once per process and minute, not per read
+    assert "cap_item" in said[0] and "capture run" in said[0]
+    with Session(app.engine) as session:
+        report = app.cache.explain(stmt, session)
+        assert (report.cacheable, report.reason_code) == (False, "no_capture_listener")
+        assert "no listener" in str(report)
+        assert app.cache.explain(select(plain.c.v).options(cached()), session).cacheable
+    app.capture.start()
+    with Session(app.engine) as session:
+        assert app.cache.explain(stmt, session).cacheable
 
 
 def test_stopped_listener_next_read_is_fresh(app: App, outside: Engine) -> None:

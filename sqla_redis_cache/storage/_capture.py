@@ -32,6 +32,7 @@ killed without a word is noticed when its key expires (at most the liveness time
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -44,6 +45,10 @@ from ._store import FAILED, Store
 TABLES_REFRESH = 1.0
 #: the captured-table set outlives any listener by far (see the module docstring)
 TABLES_TTL_MS = 30 * 24 * 3600 * 1000
+#: seconds between two warnings that reads bypass for want of a listener (one process)
+WARN_EVERY = 60.0
+
+log = logging.getLogger("sqla_redis_cache")
 
 
 def encode_tables(tables: Iterable[str]) -> bytes:
@@ -66,7 +71,16 @@ def decode_tables(value: bytes | None) -> frozenset[str] | None:
 class CaptureGate:
     """What this process's readers know of change capture (see the module docstring)."""
 
-    __slots__ = ("generation", "live_key", "next_load", "primed", "refresh", "tables", "tables_key")
+    __slots__ = (
+        "generation",
+        "live_key",
+        "next_load",
+        "next_warning",
+        "primed",
+        "refresh",
+        "tables",
+        "tables_key",
+    )
 
     def __init__(self, keys: KeyBuilder, refresh: float = TABLES_REFRESH) -> None:
         self.live_key = keys.prefix + "capture:live"
@@ -80,6 +94,8 @@ class CaptureGate:
         self.primed = False
         #: ``time.monotonic()`` from which a lookup reloads the set along its ``MGET``
         self.next_load = 0.0
+        #: ``time.monotonic()`` from which a bypass for want of a listener is logged again
+        self.next_warning = 0.0
 
     def prime(self, store: Store) -> None:
         """The process's first lookup loads the captured set before deciding anything: one
@@ -122,6 +138,20 @@ class CaptureGate:
             self.loaded(values.pop())
         alive = live is None or values.pop() is not None
         return values, alive
+
+    def no_listener(self) -> None:
+        """A read bypassed because no listener is alive: say so in the log, at
+        most every :data:`WARN_EVERY` seconds (installed but never started is a deployment
+        mistake that otherwise only shows as a hit rate of zero)."""
+        now = time.monotonic()
+        if now < self.next_warning:
+            return
+        self.next_warning = now + WARN_EVERY
+        log.warning(
+            "reads of tables under change capture (%s) bypass the cache: no listener of this "
+            "namespace is alive (run `sqla-redis-cache capture run`, or capture.start())",
+            ", ".join(sorted(t for t in self.tables if t.partition(".")[2] not in self.tables)),
+        )
 
     def live_key_for(self, tables: frozenset[str]) -> str | None:
         """The liveness key a read of ``tables`` needs, or None when none is captured."""

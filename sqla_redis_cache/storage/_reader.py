@@ -203,6 +203,8 @@ class Reader:
         else:  # the liveness key (or the captured set) rides along: always from Redis
             values, alive = capture.get_many(self.store, keys, live)  # type: ignore[union-attr]
         if values is FAILED or not alive:
+            if values is not FAILED and capture is not None:
+                capture.no_listener()
             self.stats.bypasses += 1
             if tally is not None:
                 tally.bypasses += 1

@@ -186,6 +186,8 @@ class Entities:
         else:  # the liveness key, or the captured set, rides along: always from Redis
             values, alive = capture.get_many(self.store, [key, *deps], live)
         if values is FAILED or not alive:  # no listener: from the database, nothing stored
+            if values is not FAILED:
+                capture.no_listener()
             return key, deps, None, None, mapper
         entry = values[0]
         stamps = Versions.stamps(values[1:])

@@ -48,6 +48,9 @@ EXPLAIN_REASONS = {
     "bypass the cache",
     "snapshot": "the transaction reads from a snapshot (REPEATABLE READ / SERIALIZABLE, or a "
     "SQLite transaction that began and wrote nothing): its reads bypass the cache",
+    "no_capture_listener": "it reads a table under change capture and no listener of the "
+    "namespace is alive: its reads bypass the cache until one runs (sqla-redis-cache capture "
+    "run, or capture.start())",
 }
 
 
@@ -257,8 +260,16 @@ def report(storage: Storage, found: Explained, region_ttl: Any) -> Explanation:
         for column, text in pairs
     }
     base["values"] = tuple(named.values())
-    values: Any = storage.store.get_many([found.key, *found.deps])
+    gate = storage.capture
+    if not gate.primed:
+        gate.prime(storage.store)
+    live = gate.live_key_for(frozenset(found.tables))
+    fetch = [found.key, *found.deps] if live is None else [found.key, *found.deps, live]
+    values: Any = storage.store.get_many(fetch)
     unavailable = values is FAILED
+    if live is not None and not unavailable and values.pop() is None and code is None:
+        code = "no_capture_listener"
+        base.update(cacheable=False, reason=reason_text(code), reason_code=code)
     tokens: list[Any] = [FAILED] * len(found.deps) if unavailable else values[1:]
     base["key"] = found.key
     base["dependencies"] = tuple(
