@@ -776,3 +776,25 @@ def test_status_shows_capture(app: App, redis_url: str) -> None:
     app.capture.start()
     assert report()["listener_alive"] is True
     assert "4 table name(s), listener alive" in status()
+
+
+def test_prometheus_exports_the_listener_liveness(app: App) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sqla_redis_cache.prometheus import CacheCollector
+
+    registry = CollectorRegistry()
+    registry.register(CacheCollector(app.cache))
+    registry.register(CacheCollector(app.cache, shared=True))
+
+    def value(name: str, scope: str = "shared") -> float | None:
+        labels = {"namespace": app.cache.config.namespace, "scope": scope}
+        return registry.get_sample_value(f"sqla_redis_cache_{name}", labels)
+
+    assert value("capture_listener_alive") == 0  # installed, never started
+    assert value("capture_tables") == 2
+    assert value("capture_listener_alive", "process") is None  # a Redis read: shared only
+    app.capture.start()
+    assert value("capture_listener_alive") == 1
+    app.capture.stop()
+    assert value("capture_listener_alive") == 0

@@ -64,6 +64,7 @@ def test_prometheus_collector_process_and_shared(pg: Database, cache: QueryCache
     assert value("sqla_redis_cache_hit_ratio", "process") == 2 / 3
     assert value("sqla_redis_cache_hit_latency_ms", "process", quantile="0.99")
     assert value("sqla_redis_cache_hits_total", "shared") == 2  # flushed by the scrape itself
+    assert value("sqla_redis_cache_capture_listener_alive", "shared") is None  # none captured
     text = generate_latest(registry).decode()
     assert "# TYPE sqla_redis_cache_lock_waits_total counter" in text
     for scope in ("process", "shared"):  # per table and region, and uncacheable by reason

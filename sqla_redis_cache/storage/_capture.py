@@ -68,6 +68,13 @@ def decode_tables(value: bytes | None) -> frozenset[str] | None:
     return frozenset(names)
 
 
+def table_names(tables: Iterable[str]) -> list[str]:
+    """The captured tables once each: the cache names a table of the default schema both
+    ``name`` and ``schema.name``; the first is kept."""
+    names = set(tables)
+    return sorted(t for t in names if t.partition(".")[2] not in names)
+
+
 class CaptureGate:
     """What this process's readers know of change capture (see the module docstring)."""
 
@@ -150,7 +157,7 @@ class CaptureGate:
         log.warning(
             "reads of tables under change capture (%s) bypass the cache: no listener of this "
             "namespace is alive (run `sqla-redis-cache capture run`, or capture.start())",
-            ", ".join(sorted(t for t in self.tables if t.partition(".")[2] not in self.tables)),
+            ", ".join(table_names(self.tables)),
         )
 
     def live_key_for(self, tables: frozenset[str]) -> str | None:
