@@ -17,6 +17,12 @@ Per-table and per-region figures are counters with a ``table`` / ``region`` labe
 ``..._table_bytes_total`` for the bytes stored), and the uncacheable executions by reason
 ``sqla_redis_cache_uncacheable_by_reason_total{reason="locking_read"}``.  Each table read adds
 one series per counter: the number of tables bounds them.
+
+Under change capture, the shared collector also exports
+``sqla_redis_cache_capture_listener_alive`` (1 while a listener of the namespace keeps its
+liveness key, else 0: reads of the captured tables then bypass the cache) and
+``sqla_redis_cache_capture_tables`` (how many tables are captured); alert on the first being 0.
+They are read along with the shared statistics, and absent when no table is captured.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ._cache import QueryCache
+from ._cache import QueryCache, internals
+from .features._admin import capture_state
+from .storage._capture import table_names
 from .storage._stats import COUNTERS, GROUP_COUNTERS
 
 _HELP = {
@@ -99,3 +107,23 @@ class CacheCollector(Collector):
                 for group, figures in groups.items():
                     family.add_metric([*values, group], getattr(figures, name))
                 yield family
+        if self.shared:
+            yield from self._capture(labels, values)
+
+    def _capture(self, labels: list[str], values: list[str]) -> Iterator[Any]:
+        state = capture_state(internals(self.cache).storage)
+        if state is None or not state["tables"]:
+            return
+        alive = GaugeMetricFamily(
+            f"{self.prefix}_capture_listener_alive",
+            "1 while a change-capture listener of the namespace is alive; 0: reads of captured "
+            "tables bypass the cache",
+            labels=labels,
+        )
+        alive.add_metric(values, 1 if state["listener_alive"] else 0)
+        yield alive
+        tables = GaugeMetricFamily(
+            f"{self.prefix}_capture_tables", "Tables under change capture", labels=labels
+        )
+        tables.add_metric(values, len(table_names(state["tables"])))
+        yield tables
