@@ -268,6 +268,7 @@ def _run(
     recipe = sessionmaker(engine)
     _forget_recipe_entries(redis_url)  # pickles of another version may name other modules
     install_recipe(recipe, redis_url)
+
     def library(suffix: str, **settings: Any) -> tuple[sessionmaker[Session], QueryCache]:
         factory = sessionmaker(engine)
         qc = QueryCache.from_url(
