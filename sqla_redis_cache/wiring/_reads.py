@@ -34,8 +34,9 @@ bound values depends, for that table, on the table's unknown-rows token and thos
 instead of the table token; the value keys are computed per execution from its parameters and
 read in the same ``MGET`` as the entry.
 
-The per-table and per-region counters (``storage._stats.Tally``) come with the dependency keys
-from one memoised lookup per (tables, tags, region), so counting costs a hit one increment.
+The dependency keys, the per-table and per-region counters (``storage._stats.Tally``) and the
+change-capture liveness key come from one memoised lookup per (tables, tags, region)
+(``_dependencies``), so counting costs a hit one increment.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from ..storage._stats import StatsRecorder, Tally
 from ._analysis import read_plan
 from ._compat import NO_CACHE_KEY, base_engine, invoked_options, refresh_load, serve_cursor
 from ._cursor import CachedCursor
+from ._dependencies import EntryDependencies
 from ._explain import UNCACHED, Explained, ExplainOption, ExplainRequest
 from ._identity import connection_identity, engine_identity
 from ._listeners import Listeners
@@ -128,11 +130,7 @@ class ReadHooks(Listeners):
         #: engines attached by themselves: ``cached()`` is read from the statements they run
         self.explicit_engines = explicit_engines
         self.policies = policies
-        self._deps: dict[Any, tuple[list[str], Tally | None, str | None, int]] = {}
-        #: change capture: which tables need a live listener (``storage._capture``)
-        self.capture = reader.capture
-        self._fine: dict[Any, list[str]] = {}
-        self._value_keys: dict[tuple[str, str, str], str] = {}
+        self.dependencies = EntryDependencies(config, keys, stats, reader.capture, reader.store)
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         directive: Any = context.execution_options.get(self.option_key)
@@ -279,12 +277,12 @@ class ReadHooks(Listeners):
             return self._refuse(
                 "streamed_result", statement, explaining, directive, tables, parameters
             )
-        deps, tally, live = self._group(tables, directive.tags, directive.region)
+        deps, tally, live = self.dependencies.group(tables, directive.tags, directive.region)
         values = None
         if reason is None and self.config.fine_grained:
             values = read_values(context)
             if values is not None:
-                deps = self._fine_deps(tables, directive.tags, values)
+                deps = self.dependencies.fine(tables, directive.tags, values)
         conn = context.root_connection
         info = conn.info
         written = info.get(self.k.written)
@@ -358,60 +356,5 @@ class ReadHooks(Listeners):
         connection = getattr(cursor, "connection", None)
         serve_cursor(context, CachedCursor(description, rows, connection, hit))
         return True
-
-    def _group(
-        self, tables: frozenset[str], tags: tuple[str, ...], region: str | None
-    ) -> tuple[list[str], Tally | None, str | None]:
-        """The dependency keys of an entry, the statistics tally of its group, and the
-        change-capture liveness key its reads need (None when no table is captured)."""
-        memo = (tables, tags, region)
-        found = self._deps.get(memo)
-        capture = self.capture
-        if capture is not None and not capture.primed:
-            capture.prime(self.reader.store)
-        generation = 0 if capture is None else capture.generation
-        if found is None or found[3] != generation:
-            if len(self._deps) > 4096:
-                self._deps.clear()
-            tally = None
-            if self.config.table_stats:
-                tally = self.stats.tally(tables, region or self.config.default_region)
-            live = None if capture is None else capture.live_key_for(tables)
-            found = self._deps[memo] = (
-                self.keys.dependencies(tables, tags),
-                tally,
-                live,
-                generation,
-            )
-        return found[0], found[1], found[2]
-
-    def _fine_deps(
-        self,
-        tables: frozenset[str],
-        tags: tuple[str, ...],
-        values: dict[str, list[tuple[str, str]]],
-    ) -> list[str]:
-        """The dependency keys of a fine-grained entry: the namespace, the table tokens of the
-        tables read table-level, the unknown-rows tokens of the others, the tags, then the
-        value tokens (see ``_values``; ``values`` names tables the statement reads)."""
-        fine = tuple(values)  # sorted by table (``_values.read_values``)
-        memo = (tables, tags, fine)
-        base = self._fine.get(memo)
-        if base is None:
-            if len(self._fine) > 4096:
-                self._fine.clear()
-            base = self._fine[memo] = self.keys.dependencies(tables, tags, frozenset(fine))
-        deps = base.copy()
-        known = self._value_keys
-        for table in fine:
-            for column, text in values[table]:
-                item = (table, column, text)
-                key = known.get(item)
-                if key is None:
-                    if len(known) > 65536:
-                        known.clear()
-                    key = known[item] = self.keys.value(table, column, text)
-                deps.append(key)
-        return deps
 
     EVENTS = ("do_execute", "do_execute_no_params")
