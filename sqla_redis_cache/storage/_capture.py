@@ -124,9 +124,7 @@ class CaptureGate:
             self.tables = tables
             self.generation += 1
 
-    def get_many(
-        self, store: Store, keys: list[str], live: str | None
-    ) -> tuple[Any, bool]:
+    def get_many(self, store: Store, keys: list[str], live: str | None) -> tuple[Any, bool]:
         """``store.get_many(keys)`` with the liveness key ``live`` (when given) and, when due,
         the tables key in the same ``MGET``: (the values of ``keys`` or FAILED, whether the
         liveness key was there)."""

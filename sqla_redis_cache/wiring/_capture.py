@@ -149,9 +149,7 @@ class ChangeCapture:
 
     # DDL -----------------------------------------------------------------------------------
 
-    def install(
-        self, tables: Iterable[str] | None = None, *, connection: Any = None
-    ) -> list[str]:
+    def install(self, tables: Iterable[str] | None = None, *, connection: Any = None) -> list[str]:
         """Put the capture trigger on ``tables`` (None: every table of the default schema);
         idempotent.  Returns the captured tables.  ``connection``: run the DDL in that
         connection's transaction (e.g. ``op.get_bind()`` in an alembic migration)."""
@@ -276,9 +274,7 @@ class ChangeCapture:
                 except self._lost as error:
                     self.liveness.retire()
                     if not ever_ready:
-                        failure.append(
-                            ConfigurationError(f"change capture: {ddl.one_line(error)}")
-                        )
+                        failure.append(ConfigurationError(f"change capture: {ddl.one_line(error)}"))
                         return
                     log.warning(
                         "change capture: connection lost (%s), reconnecting", ddl.one_line(error)

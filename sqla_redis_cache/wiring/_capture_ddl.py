@@ -240,9 +240,7 @@ def uninstall(
         raise _ddl_error("uninstall", error) from None
 
 
-def _uninstall(
-    conn: Connection, tables: Iterable[str] | None
-) -> tuple[list[tuple[str, str]], str]:
+def _uninstall(conn: Connection, tables: Iterable[str] | None) -> tuple[list[tuple[str, str]], str]:
     schema = default_schema(conn)
     present = captured(conn)
     if tables is None:
