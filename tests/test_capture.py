@@ -118,6 +118,22 @@ def app(postgres_url: str, redis_url: str, namespace: str, outside: Engine) -> I
     engine.dispose()
 
 
+def _entity_sessions(app: App) -> tuple[sessionmaker[Session], Any]:
+    """Sessions of the application's engine, attached (``session.get(cached())`` goes through
+    the entity cache), and a class mapped to ``cap_item``."""
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __table__ = item
+
+    factory = sessionmaker(app.engine)
+    app.cache.attach(factory)
+    return factory, Item
+
+
 def test_outside_write_is_seen(app: App, outside: Engine) -> None:
     app.capture.start()
     assert app.read() == "a"
@@ -177,16 +193,7 @@ def test_no_listener_means_bypass_not_stale(app: App, outside: Engine) -> None:
 def test_no_listener_is_logged_and_explained(app: App, caplog: pytest.LogCaptureFixture) -> None:
     """Installed but not started is a deployment mistake: it must not show only as a hit rate
     of zero."""
-    from sqlalchemy.orm import DeclarativeBase
-
-    class Base(DeclarativeBase):
-        pass
-
-    class Item(Base):
-        __table__ = item
-
-    factory = sessionmaker(app.engine)
-    app.cache.attach(factory)
+    factory, Item = _entity_sessions(app)
     stmt = select(item.c.v).where(item.c.id == 1).options(cached())
     with caplog.at_level(logging.WARNING, logger="sqla_redis_cache"):
         for _ in range(3):
@@ -233,16 +240,7 @@ def test_restart_invalidates_every_captured_table_first(app: App, outside: Engin
 
 
 def test_entity_get_bypasses_without_listener(app: App, outside: Engine) -> None:
-    from sqlalchemy.orm import DeclarativeBase
-
-    class Base(DeclarativeBase):
-        pass
-
-    class Item(Base):
-        __table__ = item
-
-    factory = sessionmaker(app.engine)
-    app.cache.attach(factory)  # session.get(cached()) through the entity cache
+    factory, Item = _entity_sessions(app)  # session.get(cached()) through the entity cache
 
     def get() -> str:
         with factory() as session:
@@ -266,24 +264,21 @@ def _cli(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "sqla-redis-cache"), *args]
 
 
-def test_sigkilled_listener_process_reads_fresh_after_2s(
-    app: App, outside: Engine, postgres_url: str, redis_url: str, namespace: str
-) -> None:
-    process = subprocess.Popen(
-        _cli(
-            "capture",
-            "run",
-            "--database-url",
-            postgres_url,
-            "--redis-url",
-            redis_url,
-            "--namespace",
-            namespace,
-        ),
+def _listener_process(postgres_url: str, redis_url: str, namespace: str) -> subprocess.Popen[str]:
+    """``sqla-redis-cache capture run`` in a process of its own."""
+    command = _cli("capture", "run", "--database-url", postgres_url, "--redis-url", redis_url)
+    return subprocess.Popen(
+        [*command, "--namespace", namespace],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_sigkilled_listener_process_reads_fresh_after_2s(
+    app: App, outside: Engine, postgres_url: str, redis_url: str, namespace: str
+) -> None:
+    process = _listener_process(postgres_url, redis_url, namespace)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -307,21 +302,7 @@ def test_sigkilled_listener_process_reads_fresh_after_2s(
 def test_cli_run_stops_on_sigterm_and_retires(
     app: App, postgres_url: str, redis_url: str, namespace: str
 ) -> None:
-    process = subprocess.Popen(
-        _cli(
-            "capture",
-            "run",
-            "--database-url",
-            postgres_url,
-            "--redis-url",
-            redis_url,
-            "--namespace",
-            namespace,
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _listener_process(postgres_url, redis_url, namespace)
     assert process.stdout is not None
     assert process.stdout.readline().startswith("listening")
     assert app.capture.alive()
